@@ -1,0 +1,54 @@
+# Two commands: `make reproduce` (the report, headless) and `make test` (the whole suite).
+# Every target creates the virtual environment .venv first when it is missing or stale.
+
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+# Parameters of `make reproduce` (see README.md).
+DATA ?= auto
+EPOCHS ?= 25
+IMAGE_SIZE ?= 128
+BATCH_SIZE ?= 16
+LR ?= 0.001
+SEED ?= 0
+DEVICE ?= auto
+ENCODER_WEIGHTS ?= auto
+NAME ?= default
+REPRODUCE_ARGS ?=
+
+.PHONY: all reproduce test data synthetic check lab clean
+all: reproduce
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV) || python3 -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+venv: $(STAMP)
+
+reproduce: $(STAMP)
+	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
+	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --device $(DEVICE) \
+	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(REPRODUCE_ARGS)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+data: $(STAMP)
+	$(BIN)/python -m helpers.data download data/isic2016
+
+synthetic: $(STAMP)
+	$(BIN)/python -m helpers.data synthetic data/synthetic
+
+check: $(STAMP)
+	$(BIN)/python -m helpers.data check $(if $(ROOT),$(ROOT),data/isic2016)
+
+lab: $(STAMP)
+	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (isic2016 .venv)" >/dev/null
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+
+clean:
+	rm -rf runs figures/*.png data/cache .pytest_cache

@@ -1,0 +1,17 @@
+"""Exception types of the project. Each message names the file and the problem."""
+
+
+class ProjectError(Exception):
+    """Base class: command-line tools print its message as one line and exit non-zero."""
+
+
+class DataError(ProjectError, ValueError):
+    """A data folder or file is missing, unreadable or inconsistent."""
+
+
+class DownloadError(ProjectError, RuntimeError):
+    """An archive could not be fetched, verified or extracted."""
+
+
+class WeightsError(ProjectError, RuntimeError):
+    """Encoder weights were asked for but cannot be had."""

@@ -1,0 +1,212 @@
+"""MobileNetV2 encoder -> decoder -> 1-channel head, as in the report.
+
+The encoder is torchvision's MobileNetV2 ``features``, split into five stages (``features[:2]``,
+``[2:4]``, ``[4:7]``, ``[7:14]``, ``[14:]`` with 16, 24, 32, 96, 1280 channels at strides 2, 4,
+8, 16, 32). Two decoders:
+
+- ``"report"``: the report's decoder - four ConvTranspose2d layers (each doubles the resolution,
+  followed by ReLU and Dropout(0.5)) on the last stage only, a 1x1 convolution to one logit
+  channel, and a final bilinear interpolation to the input size;
+- ``"unet"``: a U-Net style decoder that also uses the earlier stages through skip connections.
+"""
+
+from __future__ import annotations
+
+import pickle
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
+
+from .errors import WeightsError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+STAGES = ((0, 2), (2, 4), (4, 7), (7, 14), (14, 19))
+STAGE_CHANNELS = (16, 24, 32, 96, 1280)
+REPORT_CHANNELS = (256, 128, 64, 32)  # widths of the four ConvTranspose2d layers
+IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
+
+
+class Encoder(nn.Module):
+    """ImageNet-normalised MobileNetV2 features. x: B x 3 x H x W in [0, 1] -> 5 stage maps."""
+
+    def __init__(self, features: nn.Sequential):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.stages = nn.ModuleList(features[a:b] for a, b in STAGES)
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        x = (x - self.mean) / self.std
+        out = []
+        for stage in self.stages:
+            x = stage(x)
+            out.append(x)
+        return out
+
+
+class ReportDecoder(nn.Module):
+    """Last stage B x 1280 x H/32 x W/32 -> B x 32 x H/2 x W/2 (four x2 transposed convs)."""
+
+    def __init__(self, channels=REPORT_CHANNELS, dropout: float = 0.5):
+        super().__init__()
+        layers, c_in = [], STAGE_CHANNELS[-1]
+        for c_out in channels:
+            layers += [nn.ConvTranspose2d(c_in, c_out, kernel_size=4, stride=2, padding=1),
+                       nn.ReLU(inplace=True), nn.Dropout(dropout)]
+            c_in = c_out
+        self.layers = nn.Sequential(*layers)
+        self.out_channels = c_in
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        return self.layers(feats[-1])
+
+
+class UpBlock(nn.Module):
+    """x2 transposed conv, concatenate the skip, two 3x3 conv-BN-ReLU."""
+
+    def __init__(self, c_in: int, c_skip: int, c_out: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(c_in, c_out, kernel_size=2, stride=2)
+        self.conv = nn.Sequential(
+            nn.Conv2d(c_out + c_skip, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+            nn.Conv2d(c_out, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True),
+        )
+
+    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        x = self.up(x)
+        if x.shape[-2:] != skip.shape[-2:]:
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+        return self.conv(torch.cat([x, skip], dim=1))
+
+
+class UNetDecoder(nn.Module):
+    """Five stage maps -> B x 16 x H/2 x W/2, with skips at strides 16, 8, 4, 2."""
+
+    def __init__(self, channels=(96, 64, 32, 16)):
+        super().__init__()
+        c_in, blocks = STAGE_CHANNELS[-1], []
+        for c_skip, c_out in zip(reversed(STAGE_CHANNELS[:-1]), channels):
+            blocks.append(UpBlock(c_in, c_skip, c_out))
+            c_in = c_out
+        self.blocks = nn.ModuleList(blocks)
+        self.out_channels = c_in
+
+    def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
+        x = feats[-1]
+        for block, skip in zip(self.blocks, reversed(feats[:-1])):
+            x = block(x, skip)
+        return x
+
+
+class SegmentationModel(nn.Module):
+    """encoder -> decoder -> head; logits are interpolated back to the input size."""
+
+    def __init__(self, encoder: Encoder, decoder: nn.Module, freeze_encoder: bool, config: dict):
+        super().__init__()
+        self.encoder, self.decoder = encoder, decoder
+        self.head = nn.Conv2d(decoder.out_channels, 1, kernel_size=1)
+        self.encoder_frozen = freeze_encoder
+        self.config = config
+        if freeze_encoder:
+            self.encoder.requires_grad_(False)
+            self.encoder.eval()
+
+    def train(self, mode: bool = True):
+        """Like nn.Module.train, but a frozen encoder stays in eval mode (BatchNorm stats fixed)."""
+        super().train(mode)
+        if self.encoder_frozen:
+            self.encoder.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: B x 3 x H x W in [0, 1] -> logits B x 1 x H x W."""
+        logits = self.head(self.decoder(self.encoder(x)))
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+
+
+def imagenet_cache_file() -> Path:
+    """Where torchvision caches the ImageNet MobileNetV2 checkpoint (under TORCH_HOME)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+
+
+def _load_imagenet(progress: bool) -> nn.Sequential:
+    try:
+        return mobilenet_v2(weights=IMAGENET_WEIGHTS, progress=progress).features
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        cache = imagenet_cache_file()
+        raise WeightsError(
+            f"ImageNet weights for MobileNetV2 ({IMAGENET_WEIGHTS.url}) could not be loaded: "
+            f"{type(exc).__name__}: {exc}. Connect to the internet once (torchvision caches them in "
+            f"{cache}), or copy that file there from a machine that has it, or pass "
+            f"encoder_weights='/path/to/{cache.name}', or pass encoder_weights=None for random "
+            "initialisation."
+        ) from exc
+
+
+def _load_path(path: Path) -> nn.Sequential:
+    if not path.is_file():
+        raise WeightsError(f"{path}: encoder weights file not found")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch.load raises many types for a bad file
+        raise WeightsError(f"{path}: cannot read encoder weights ({type(exc).__name__}: {exc})") from exc
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    net = mobilenet_v2(weights=None)
+    if isinstance(state, dict) and not any(k.startswith("features.") for k in state):
+        state = {f"features.{k}": v for k, v in state.items()}
+    try:
+        net.features.load_state_dict({k[len("features."):]: v for k, v in state.items()
+                                      if k.startswith("features.")})
+    except (RuntimeError, AttributeError) as exc:
+        raise WeightsError(f"{path}: not a MobileNetV2 state dict ({exc})") from exc
+    return net.features
+
+
+def load_encoder_features(encoder_weights, progress: bool = True) -> tuple[nn.Sequential, str]:
+    """MobileNetV2 ``features`` and a description of the weights actually used.
+
+    encoder_weights: "imagenet" (torchvision's IMAGENET1K_V1 via its cache), None (random), a
+    path to a MobileNetV2 state dict, or "auto" (ImageNet when obtainable, else random - with a
+    loud warning; the description says which).
+    """
+    if encoder_weights is None or encoder_weights == "none":
+        return mobilenet_v2(weights=None).features, "random"
+    if encoder_weights == "imagenet":
+        return _load_imagenet(progress), "imagenet"
+    if encoder_weights == "auto":
+        try:
+            return _load_imagenet(progress), "imagenet"
+        except WeightsError as exc:
+            message = f"encoder_weights='auto': ImageNet weights unavailable, using RANDOM initialisation. {exc}"
+            warnings.warn(message, stacklevel=3)
+            print(f"WARNING: {message}")
+            return mobilenet_v2(weights=None).features, "random (auto: ImageNet weights unavailable)"
+    return _load_path(Path(encoder_weights)), f"file:{Path(encoder_weights).name}"
+
+
+def build_model(freeze_encoder: bool, encoder_weights="imagenet", decoder: str = "report",
+                progress: bool = True) -> SegmentationModel:
+    """The report's model. Freezing stops gradients into the encoder and fixes its BatchNorm stats.
+
+    ``model.config`` records the settings and ``encoder_weights_used`` (what was really loaded).
+    """
+    features, used = load_encoder_features(encoder_weights, progress=progress)
+    decoders = {"report": ReportDecoder, "unet": UNetDecoder}
+    if decoder not in decoders:
+        raise ValueError(f"decoder must be one of {sorted(decoders)}, got {decoder!r}")
+    config = {"freeze_encoder": bool(freeze_encoder), "encoder_weights": None if encoder_weights is None
+              else str(encoder_weights), "encoder_weights_used": used, "decoder": decoder}
+    return SegmentationModel(Encoder(features), decoders[decoder](), freeze_encoder, config)
+
+
+def parameter_counts(model: nn.Module) -> dict[str, int]:
+    """Trainable, frozen and total parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in model.parameters())
+    return {"trainable": trainable, "frozen": total - trainable, "total": total}
