@@ -18,7 +18,7 @@ ENCODER_WEIGHTS ?= auto
 NAME ?= default
 REPRODUCE_ARGS ?=
 
-.PHONY: all reproduce test data synthetic check lab clean
+.PHONY: all venv reproduce test data synthetic check lab clean
 all: reproduce
 
 $(STAMP): pyproject.toml
@@ -46,9 +46,9 @@ synthetic: $(STAMP)
 check: $(STAMP)
 	$(BIN)/python -m helpers.data check $(if $(ROOT),$(ROOT),data/isic2016)
 
+# The notebooks' python3 kernel runs .venv's Python (jupyter_client starts "python" as the server's own).
 lab: $(STAMP)
-	$(BIN)/python -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (isic2016 .venv)" >/dev/null
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(LAB_ARGS)
+	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf runs figures/*.png data/cache .pytest_cache

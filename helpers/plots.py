@@ -74,7 +74,8 @@ def sample_grid(images: torch.Tensor, masks: torch.Tensor, ids: Sequence[str], n
         axes[0, i].set_title(ids[i], fontsize=8)
         axes[1, i].imshow(masks[i, 0].cpu().numpy(), cmap="gray", vmin=0, vmax=1)
     for ax in axes.ravel():
-        ax.set_axis_off()
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _finish(fig, "Sample images (top) and lesion masks (bottom)", note)
 
 
@@ -107,8 +108,9 @@ def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, 
         axes[i, 1].set_title("true mask", fontsize=9)
         axes[i, 2].imshow(preds[i, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         axes[i, 2].set_title(f"predicted, IoU {ious[i]:.3f}", fontsize=9)
-    for ax in axes.ravel():
-        ax.set_axis_off()
+    for ax in axes.ravel():  # frames stay visible, so an all-lesion or empty mask still shows
+        ax.set_xticks([])
+        ax.set_yticks([])
     return _finish(fig, title, note)
 
 

@@ -1,0 +1,232 @@
+"""What the notebooks do, as functions: config, data, model, training, per-image results.
+
+A notebook's parameters cell holds literals; the next cell builds a :class:`RunConfig` from them
+and passes only that around. Every output goes under ``config.run_dir`` (CSV/JSON/checkpoints)
+and ``config.figures_dir`` (PNG), written atomically.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import platform
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from . import data as data_mod
+from . import metrics, paths
+from .errors import DataError
+from .io import write_json, write_text
+from .model import SegmentationModel, build_model, parameter_counts
+from .train import evaluate, fit, make_loader, resolve_device
+
+SOURCES = ("auto", "isic2016", "synthetic")
+LABELS = {"isic2016": "ISIC 2016 Part 1", "synthetic": "SYNTHETIC demo set (not ISIC data)"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Settings of one run; defaults are the report's."""
+
+    data: str = "auto"              # "auto" (ISIC 2016 if present, else synthetic), "isic2016", "synthetic"
+    data_dir: str | None = None     # folder of the data; None: data/isic2016 or data/synthetic
+    synthetic_train: int = 240      # size of the synthetic set when it has to be generated
+    synthetic_test: int = 100
+    image_size: int = 128
+    epochs: int = 25
+    batch_size: int = 16
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "auto"
+    encoder_weights: str | None = "auto"  # "imagenet", None, a path, or "auto" (ImageNet else random, loudly)
+    run_dir: str = "runs/interactive"   # outputs (relative paths are under the project root)
+    figures_dir: str = "figures"
+    cache_dir: str | None = "data/cache"
+    progress: bool = True
+
+    def __post_init__(self):
+        if self.data not in SOURCES:
+            raise ValueError(f"data must be one of {SOURCES}, got {self.data!r}")
+        for name in ("image_size", "epochs", "batch_size"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+
+    @property
+    def run_path(self) -> Path:
+        return _under_root(self.run_dir)
+
+    def figure(self, name: str) -> Path:
+        """Where figure ``name`` (e.g. fig03_model1_loss.png) goes."""
+        return _under_root(self.figures_dir) / name
+
+
+def _under_root(path: str | Path) -> Path:
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else paths.ROOT / path
+
+
+@dataclass
+class Data:
+    source: str      # "isic2016" | "synthetic"
+    root: Path
+    train: data_mod.TensorSegmentation
+    test: data_mod.TensorSegmentation
+
+    @property
+    def label(self) -> str:
+        return LABELS[self.source]
+
+
+def isic_present(root: Path) -> bool:
+    return all((root / folder).is_dir() for pair in data_mod.SPLITS.values() for folder in pair)
+
+
+def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
+    """Which data this run uses and where; generates the synthetic set on first use."""
+    if cfg.data in ("auto", "isic2016"):
+        root = _under_root(cfg.data_dir) if cfg.data_dir else paths.ISIC2016
+        if isic_present(root):
+            return "isic2016", root
+        if cfg.data == "isic2016":
+            raise DataError(f"{root}: ISIC 2016 Part 1 data not found; download it with `make data` "
+                            f"(python -m helpers.data download {root})")
+    root = _under_root(cfg.data_dir) if cfg.data_dir and cfg.data == "synthetic" else paths.SYNTHETIC
+    if not isic_present(root) or not (root / "synthetic.json").is_file():
+        from .synthetic import write_synthetic_dataset
+        write_synthetic_dataset(root, n_train=cfg.synthetic_train, n_test=cfg.synthetic_test, seed=0,
+                                progress=cfg.progress)
+    return "synthetic", root
+
+
+def prepare_data(cfg: RunConfig) -> Data:
+    """Both splits decoded and resized once (through the cache), with their source said plainly."""
+    source, root = resolve_source(cfg)
+    cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
+    train = data_mod.load_dataset(root, "train", cfg.image_size, cache, progress=cfg.progress)
+    test = data_mod.load_dataset(root, "test", cfg.image_size, cache, progress=cfg.progress)
+    print(f"data: {LABELS[source]} from {root}: {len(train)} train / {len(test)} test images at "
+          f"{cfg.image_size}x{cfg.image_size}")
+    return Data(source, root, train, test)
+
+
+def dataset_summary(d: Data) -> dict:
+    """Counts, original size ranges and lesion area fractions (at the working resolution)."""
+    out = {"source": d.label}
+    for split, ds in (("train", d.train), ("test", d.test)):
+        frac = ds.masks.float().mean(dim=(1, 2, 3))
+        h, w = ds.sizes[:, 0], ds.sizes[:, 1]
+        out[split] = {"images": len(ds), "width": f"{int(w.min())}-{int(w.max())}",
+                      "height": f"{int(h.min())}-{int(h.max())}",
+                      "lesion_fraction_mean": round(float(frac.mean()), 3),
+                      "lesion_fraction_range": f"{float(frac.min()):.3f}-{float(frac.max()):.3f}"}
+    return out
+
+
+def new_model(cfg: RunConfig, freeze_encoder: bool, decoder: str = "report") -> SegmentationModel:
+    """build_model with the run's encoder weights; prints which weights were really used."""
+    torch.manual_seed(cfg.seed)
+    model = build_model(freeze_encoder, encoder_weights=cfg.encoder_weights, decoder=decoder,
+                        progress=cfg.progress)
+    counts = parameter_counts(model)
+    print(f"model: MobileNetV2 encoder ({'frozen' if freeze_encoder else 'fine-tuned'}, weights: "
+          f"{model.config['encoder_weights_used']}), {decoder} decoder; {counts['trainable']:,} trainable / "
+          f"{counts['frozen']:,} frozen parameters")
+    return model
+
+
+def per_image_rows(ids: list[str], sizes: torch.Tensor, counts: torch.Tensor) -> list[dict]:
+    per = metrics.all_metrics(counts, "per_image")
+    return [{"id": ids[i], "height": int(sizes[i][0]), "width": int(sizes[i][1]),
+             **{name: float(per[name][i]) for name in metrics.METRICS}} for i in range(len(ids))]
+
+
+def write_csv(path: Path, rows: list[dict]) -> Path:
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def read_csv(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        return [{k: (v if k == "id" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
+
+
+def environment() -> dict:
+    import torchvision
+
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "torchvision": torchvision.__version__, "platform": platform.platform(),
+            "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+
+
+def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str) -> dict:
+    """Train ``model`` with the run's settings, evaluate on the test split and save everything.
+
+    Writes ``run_dir/name/``: history.json, checkpoint.pt, per_image.csv (128x128 metrics per test
+    image), metrics.json (macro and micro metrics, settings, data source, weights, versions).
+    Returns {"history", "per_image", "metrics", "probs"}.
+    """
+    out = cfg.run_path / name
+    history = fit(model, d.train, d.test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
+                  seed=cfg.seed, device=cfg.device, out_dir=out, progress=cfg.progress)
+    dev = resolve_device(cfg.device)
+    ev = evaluate(model, make_loader(d.test, cfg.batch_size, False, None, dev), dev, keep_probs=True)
+    rows = per_image_rows(ev["ids"], d.test.sizes, ev["counts"])
+    write_csv(out / "per_image.csv", rows)
+    summary = {"name": name, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
+               "config": asdict(cfg), "resolution": f"{cfg.image_size}x{cfg.image_size}",
+               "macro": metrics.all_metrics(ev["counts"], "macro"),
+               "micro": metrics.all_metrics(ev["counts"], "micro"),
+               "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
+    write_json(out / "metrics.json", summary)
+    return {"history": history, "per_image": rows, "metrics": summary, "probs": ev["probs"]}
+
+
+def ranked(rows: list[dict], n: int, best: bool) -> list[int]:
+    """Indices of the n best (highest IoU) or worst test images; ties broken by id."""
+    order = sorted(range(len(rows)), key=lambda i: (-rows[i]["jaccard"] if best else rows[i]["jaccard"], rows[i]["id"]))
+    return order[:n]
+
+
+def load_result(run_dir: str | Path, name: str) -> dict:
+    """What a model notebook saved: metrics.json, history and per-image rows."""
+    folder = Path(run_dir) / name
+    for f in ("metrics.json", "history.json", "per_image.csv"):
+        if not (folder / f).is_file():
+            raise DataError(f"{folder / f}: missing - run the notebook that trains '{name}' first")
+    return {"metrics": json.loads((folder / "metrics.json").read_text()),
+            "history": json.loads((folder / "history.json").read_text())["history"],
+            "per_image": read_csv(folder / "per_image.csv")}
+
+
+def headline(result: dict) -> "pandas.DataFrame":
+    """Macro (mean over test images, the headline) and micro metrics of one model."""
+    import pandas as pd
+
+    m = result["metrics"]
+    return pd.DataFrame({"macro (mean per image)": m["macro"], "micro (pooled pixels)": m["micro"]}).T.round(4)
+
+
+def sanity_checks(result: dict) -> dict:
+    """Facts that must hold for any trained model; their output is regression-tested by nbval."""
+    rows = result["per_image"]
+    identity = all(abs(r["dice"] - 2 * r["jaccard"] / (1 + r["jaccard"])) < 1e-9 for r in rows)
+    bounded = all(0.0 <= r[k] <= 1.0 for r in rows for k in metrics.METRICS)
+    finite = all(v == v for v in result["metrics"]["macro"].values())
+    return {"test images scored": len(rows), "per-image Dice == 2J/(1+J)": identity,
+            "all metrics within [0, 1]": bounded, "headline metrics finite": finite}
+
+
+def prediction_figure(d: Data, result: dict, best: bool, title: str, note: str, n: int = 4):
+    """Best (or worst) n test images by IoU: image, true mask, predicted mask (at probability 0.5)."""
+    from .plots import predictions
+
+    idx = ranked(result["per_image"], n, best)
+    preds = (result["probs"][idx].float() >= 0.5).float()
+    return predictions(d.test.images[idx], d.test.masks[idx], preds, [d.test.ids[i] for i in idx],
+                       [result["per_image"][i]["jaccard"] for i in idx], title, note)

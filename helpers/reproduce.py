@@ -1,0 +1,166 @@
+"""The headless run: execute the four notebooks in order with papermill, then report.
+
+    python -m helpers.reproduce [--data auto|isic2016|synthetic] [--epochs 25] [--name default] ...
+
+Writes ``runs/<name>/``: the executed notebooks, each model's history, per-image CSV, checkpoint
+and metrics, ``results.json`` (every headline number with the settings, versions, device and data
+source) and ``report.html`` (all executed notebooks in one page); and every figure as PNG into
+``figures/``. A failing notebook stops the run, naming the notebook and the cell; its partial
+executed copy stays in ``runs/<name>/notebooks/`` for inspection.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from . import paths
+from .errors import ProjectError
+from .experiment import LABELS, RunConfig, environment, resolve_source
+from .io import write_json, write_text
+
+NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb",
+             "03_model2_finetuned.ipynb", "04_comparison.ipynb")
+MODELS = ("model1_frozen", "model2_finetuned")
+FIGURES = ("fig01_intensity_histograms.png", "fig02_samples.png", "fig03_model1_loss.png",
+           "fig04_model1_best.png", "fig05_model1_worst.png", "fig06_model2_loss.png",
+           "fig07_model2_best.png", "fig08_model2_worst.png", "fig09_loss_comparison.png",
+           "fig10_iou_scatter.png")
+
+
+class NotebookFailed(ProjectError):
+    """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+def notebook_parameters(cfg: RunConfig) -> dict:
+    """The papermill parameters (names of the notebooks' parameters cell) for ``cfg``."""
+    return {"DATA": cfg.data, "DATA_DIR": cfg.data_dir, "SYNTHETIC_TRAIN": cfg.synthetic_train,
+            "SYNTHETIC_TEST": cfg.synthetic_test, "IMAGE_SIZE": cfg.image_size, "EPOCHS": cfg.epochs,
+            "BATCH_SIZE": cfg.batch_size, "LR": cfg.lr, "SEED": cfg.seed, "DEVICE": cfg.device,
+            "ENCODER_WEIGHTS": cfg.encoder_weights, "RUN_DIR": str(cfg.run_path),
+            "FIGURES_DIR": str(cfg.figure("x").parent), "CACHE_DIR": cfg.cache_dir, "PROGRESS": cfg.progress}
+
+
+def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3") -> float:
+    """Execute one notebook with papermill; return its wall time. Raises NotebookFailed."""
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    try:
+        pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
+                            progress_bar=False, cwd=str(source.parent))
+    except PapermillExecutionError as exc:
+        raise NotebookFailed(f"{source.name} failed in cell {exc.cell_index} (In [{exc.exec_count}]): "
+                             f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} - the partial "
+                             f"executed notebook is {output}") from None
+    return time.perf_counter() - start
+
+
+def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
+    """All executed notebooks, in order, as one self-contained HTML page."""
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    merged = nbformat.v4.new_notebook()
+    for nb_path in notebooks:
+        nb = nbformat.read(nb_path, as_version=4)
+        merged.cells += nb.cells
+        merged.metadata = nb.metadata
+    merged.metadata["title"] = title
+    for i, cell in enumerate(merged.cells):
+        cell.id = f"cell-{i}"
+    body, _ = HTMLExporter(template_name="lab").from_notebook_node(merged)
+    return write_text(path, body)
+
+
+def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
+    """results.json: headline numbers of both models, settings, data source, versions, figures."""
+    models = {}
+    for name in MODELS:
+        m = json.loads((cfg.run_path / name / "metrics.json").read_text())
+        models[name] = {"macro": m["macro"], "micro": m["micro"], "test_loss": m["test_loss"],
+                        "n_test": m["n_test"], "encoder_weights_used": m["model"]["encoder_weights_used"],
+                        "resolution": m["resolution"]}
+    return {"data_source": LABELS[source], "settings": notebook_parameters(cfg), "models": models,
+            "device": json.loads((cfg.run_path / MODELS[-1] / "history.json").read_text())["settings"]["device"],
+            "environment": environment(), "notebook_seconds": timings,
+            "figures": [str(cfg.figure(f)) for f in FIGURES]}
+
+
+def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print) -> dict:
+    """Run the four notebooks for ``cfg`` and write results.json and report.html under its run folder."""
+    run = cfg.run_path
+    if (run / "results.json").exists() and not overwrite:
+        raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
+    source, root = resolve_source(cfg)  # fails at once when ISIC 2016 is asked for and absent
+    log(f"data: {LABELS[source]} ({root})")
+    cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
+    parameters = notebook_parameters(cfg)
+    timings, executed = {}, []
+    for name in NOTEBOOKS:
+        log(f"running {name} ...")
+        out = run / "notebooks" / name
+        timings[name] = round(run_notebook(paths.NOTEBOOKS / name, out, parameters), 1)
+        executed.append(out)
+        log(f"  {name} done in {timings[name]:.0f} s")
+    results = collect_results(cfg, timings, source)
+    if html:
+        export_html(executed, run / "report.html", f"ISIC 2016 segmentation reproduction - {run.name}")
+    write_json(run / "results.json", results)
+    return results
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = RunConfig()
+    p = argparse.ArgumentParser(prog="python -m helpers.reproduce", description=__doc__.split("\n\n")[0])
+    p.add_argument("--data", default=d.data, choices=("auto", "isic2016", "synthetic"),
+                   help="auto: ISIC 2016 when present, else synthetic; isic2016 fails if absent")
+    p.add_argument("--data-dir", default=None, help="data folder (default data/isic2016 or data/synthetic)")
+    p.add_argument("--synthetic-train", type=int, default=d.synthetic_train)
+    p.add_argument("--synthetic-test", type=int, default=d.synthetic_test)
+    p.add_argument("--image-size", type=int, default=d.image_size)
+    p.add_argument("--epochs", type=int, default=d.epochs)
+    p.add_argument("--batch-size", type=int, default=d.batch_size)
+    p.add_argument("--lr", type=float, default=d.lr)
+    p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--encoder-weights", default="auto",
+                   help="auto (ImageNet if obtainable, else random, said loudly), imagenet (strict), none, or a .pth path")
+    p.add_argument("--name", default="default", help="run name: outputs go to RUNS_DIR/NAME")
+    p.add_argument("--runs-dir", default=str(paths.RUNS))
+    p.add_argument("--figures-dir", default=str(paths.FIGURES))
+    p.add_argument("--cache-dir", default=str(paths.CACHE))
+    p.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
+    p.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    cfg = RunConfig(data=args.data, data_dir=args.data_dir, synthetic_train=args.synthetic_train,
+                    synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                    encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
+                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
+    start = time.perf_counter()
+    try:
+        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
+    except (ProjectError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print("wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["notebook_seconds"].items()))
+    m1, m2 = (results["models"][m]["macro"] for m in MODELS)
+    print(f"reproduce: {results['data_source']}, weights {results['models'][MODELS[1]]['encoder_weights_used']}: "
+          f"model 1 Dice {m1['dice']:.3f} IoU {m1['jaccard']:.3f}, model 2 Dice {m2['dice']:.3f} IoU "
+          f"{m2['jaccard']:.3f}; results in {cfg.run_path} in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

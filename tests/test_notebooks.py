@@ -1,0 +1,106 @@
+"""nbval over the four notebooks, and the headless pipeline, both on the tiny setting."""
+
+import csv
+import json
+import math
+import subprocess
+import sys
+
+import nbformat
+import pytest
+from PIL import Image
+
+from helpers import reproduce
+from helpers.errors import ProjectError
+
+from nbtiny import CHECK, NOTEBOOKS, is_checked, parameterized_copies, tiny_parameters
+
+
+def test_notebooks_are_committed_thin():
+    assert [p.name for p in NOTEBOOKS] == list(reproduce.NOTEBOOKS)
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        assert nb.cells[0].cell_type == "markdown"
+        assert nb.cells[1].metadata.get("tags") == ["parameters"]
+        assert nb.metadata.kernelspec.name == "python3"
+        checked = [c for c in nb.cells if is_checked(c)]
+        assert checked, f"{path.name} has no nbval-checked cell"
+        for cell in nb.cells:
+            if cell.cell_type == "code":
+                assert "def " not in cell.source and "class " not in cell.source, path.name
+                assert bool(cell.outputs) == is_checked(cell), f"{path.name}: only checked cells keep outputs"
+
+
+def test_nbval_runs_all_four_notebooks(tmp_path):
+    copies = parameterized_copies(tmp_path)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
+         "-q", *map(str, copies)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+    n_checked = sum(is_checked(c) for p in NOTEBOOKS for c in nbformat.read(p, as_version=4).cells)
+    assert n_checked >= 5 and " passed" in proc.stdout and "failed" not in proc.stdout
+
+
+def _main_args(tmp_path, *extra):
+    p = tiny_parameters(tmp_path)
+    return ["--data", "synthetic", "--data-dir", p["DATA_DIR"], "--synthetic-train", "16", "--synthetic-test", "8",
+            "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--encoder-weights", "none", "--runs-dir", str(tmp_path / "runs"), "--figures-dir", p["FIGURES_DIR"],
+            "--cache-dir", p["CACHE_DIR"], *extra]
+
+
+def test_headless_pipeline_writes_every_output(tmp_path, capsys):
+    assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 0
+    out = capsys.readouterr().out
+    assert "wall time per notebook" in out and "SYNTHETIC" in out
+    run = tmp_path / "runs" / "t"
+    for name in reproduce.FIGURES:
+        with Image.open(tmp_path / "figures" / name) as img:
+            img.verify()
+            assert img.format == "PNG"
+    results = json.loads((run / "results.json").read_text())
+    assert results["data_source"].startswith("SYNTHETIC")
+    assert results["settings"]["EPOCHS"] == 1 and results["device"] == "cpu"
+    for model in reproduce.MODELS:
+        assert results["models"][model]["encoder_weights_used"] == "random"
+        assert all(math.isfinite(v) and 0 <= v <= 1 for v in results["models"][model]["macro"].values())
+        with open(run / model / "per_image.csv") as f:
+            rows = list(csv.DictReader(f))
+        assert len(rows) == 8
+        for r in rows:
+            j, d = float(r["jaccard"]), float(r["dice"])
+            assert d == pytest.approx(2 * j / (1 + j), abs=1e-9)
+        assert (run / model / "checkpoint.pt").is_file()
+    for name in reproduce.NOTEBOOKS:
+        executed = nbformat.read(run / "notebooks" / name, as_version=4)
+        assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
+    html = (run / "report.html").read_text()
+    assert "Model 1 (frozen encoder)" in html and "data:image/png;base64" in html
+
+    # a finished run is never overwritten without --overwrite
+    assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 1
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_failing_notebook_is_named_and_kept(tmp_path, capsys):
+    args = _main_args(tmp_path, "--name", "broken", "--no-html")
+    args[args.index("--encoder-weights") + 1] = str(tmp_path / "missing.pth")
+    assert reproduce.main(args) == 1
+    err = capsys.readouterr().err
+    assert "02_model1_frozen_encoder.ipynb failed in cell" in err and "WeightsError" in err
+    assert "missing.pth" in err
+    partial = tmp_path / "runs" / "broken" / "notebooks" / "02_model1_frozen_encoder.ipynb"
+    assert partial.is_file()
+    assert not (tmp_path / "runs" / "broken" / "notebooks" / "03_model2_finetuned.ipynb").exists()
+    assert not (tmp_path / "runs" / "broken" / "results.json").exists()
+
+
+def test_asking_for_absent_isic_data_fails_at_once(tmp_path, capsys):
+    args = _main_args(tmp_path, "--name", "x")
+    args[args.index("--data") + 1] = "isic2016"
+    args[args.index("--data-dir") + 1] = str(tmp_path / "no-isic")
+    assert reproduce.main(args) == 1
+    err = capsys.readouterr().err
+    assert "make data" in err and "no-isic" in err
+    assert not (tmp_path / "runs" / "x").exists()
