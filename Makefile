@@ -18,7 +18,7 @@ ENCODER_WEIGHTS ?= auto
 NAME ?= default
 REPRODUCE_ARGS ?=
 
-.PHONY: all venv reproduce test data synthetic check lab clean
+.PHONY: all venv reproduce test test-fast notebook-outputs data synthetic check lab clean
 all: reproduce
 
 $(STAMP): pyproject.toml
@@ -36,6 +36,13 @@ reproduce: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+# Refresh the committed outputs of the nbval-checked notebook cells (after changing what they show).
+notebook-outputs: $(STAMP)
+	$(BIN)/python tests/nbtiny.py --update
 
 data: $(STAMP)
 	$(BIN)/python -m helpers.data download data/isic2016

@@ -54,3 +54,18 @@ def paired_ious(a: list[dict], b: list[dict]) -> tuple[list[float], list[float]]
     if set(by_id) != {r["id"] for r in a}:
         raise ValueError("the two models were scored on different test images")
     return [r["jaccard"] for r in a], [by_id[r["id"]] for r in a]
+
+
+def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10000, seed: int = 0,
+                     level: float = 0.95) -> dict:
+    """Mean of b - a over paired images, with a percentile bootstrap interval over images."""
+    import numpy as np
+
+    diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
+    if diff.size == 0:
+        raise ValueError("no paired images to compare")
+    rng = np.random.default_rng(seed)
+    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"mean_difference": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
+            "n_images": int(diff.size), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}

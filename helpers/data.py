@@ -38,6 +38,13 @@ SPLITS = {  # split -> (image folder, mask folder)
 IMAGE_RE = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
 MASK_RE = re.compile(r"^(ISIC_\d{7})_segmentation\.png$", re.IGNORECASE)
 CACHE_FORMAT = 1
+SYNTHETIC_MARKER = "synthetic.json"  # written by helpers.synthetic into a complete demo set
+SOURCE_LABELS = {"isic2016": "ISIC 2016 Part 1", "synthetic": "SYNTHETIC demo set (not ISIC data)"}
+
+
+def source_of(root: str | os.PathLike) -> str:
+    """"synthetic" for a folder written by helpers.synthetic, else "isic2016"."""
+    return "synthetic" if (Path(root) / SYNTHETIC_MARKER).is_file() else "isic2016"
 
 
 class DataWarning(UserWarning):

@@ -7,24 +7,23 @@ and ``config.figures_dir`` (PNG), written atomically.
 
 from __future__ import annotations
 
-import csv
-import io
 import json
 import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from . import data as data_mod
 from . import metrics, paths
 from .errors import DataError
-from .io import write_json, write_text
+from .io import read_csv, write_csv, write_json
 from .model import SegmentationModel, build_model, parameter_counts
 from .train import evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
-LABELS = {"isic2016": "ISIC 2016 Part 1", "synthetic": "SYNTHETIC demo set (not ISIC data)"}
+LABELS = data_mod.SOURCE_LABELS
 
 
 @dataclass(frozen=True)
@@ -94,10 +93,11 @@ def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
             raise DataError(f"{root}: ISIC 2016 Part 1 data not found; download it with `make data` "
                             f"(python -m helpers.data download {root})")
     root = _under_root(cfg.data_dir) if cfg.data_dir and cfg.data == "synthetic" else paths.SYNTHETIC
-    if not isic_present(root) or not (root / "synthetic.json").is_file():
-        from .synthetic import write_synthetic_dataset
-        write_synthetic_dataset(root, n_train=cfg.synthetic_train, n_test=cfg.synthetic_test, seed=0,
-                                progress=cfg.progress)
+    from .synthetic import write_synthetic_dataset
+
+    # a no-op when the set is there with these sizes; a set of other sizes is an error, not reused
+    write_synthetic_dataset(root, n_train=cfg.synthetic_train, n_test=cfg.synthetic_test, seed=0,
+                            progress=cfg.progress)
     return "synthetic", root
 
 
@@ -137,25 +137,6 @@ def new_model(cfg: RunConfig, freeze_encoder: bool, decoder: str = "report") -> 
     return model
 
 
-def per_image_rows(ids: list[str], sizes: torch.Tensor, counts: torch.Tensor) -> list[dict]:
-    per = metrics.all_metrics(counts, "per_image")
-    return [{"id": ids[i], "height": int(sizes[i][0]), "width": int(sizes[i][1]),
-             **{name: float(per[name][i]) for name in metrics.METRICS}} for i in range(len(ids))]
-
-
-def write_csv(path: Path, rows: list[dict]) -> Path:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return write_text(path, buf.getvalue())
-
-
-def read_csv(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return [{k: (v if k == "id" else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]
-
-
 def environment() -> dict:
     import torchvision
 
@@ -176,7 +157,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
                   seed=cfg.seed, device=cfg.device, out_dir=out, progress=cfg.progress)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.test, cfg.batch_size, False, None, dev), dev, keep_probs=True)
-    rows = per_image_rows(ev["ids"], d.test.sizes, ev["counts"])
+    rows = metrics.per_image_rows(ev["ids"], d.test.sizes, ev["counts"])
     write_csv(out / "per_image.csv", rows)
     summary = {"name": name, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
                "config": asdict(cfg), "resolution": f"{cfg.image_size}x{cfg.image_size}",
@@ -204,10 +185,8 @@ def load_result(run_dir: str | Path, name: str) -> dict:
             "per_image": read_csv(folder / "per_image.csv")}
 
 
-def headline(result: dict) -> "pandas.DataFrame":
+def headline(result: dict) -> pd.DataFrame:
     """Macro (mean over test images, the headline) and micro metrics of one model."""
-    import pandas as pd
-
     m = result["metrics"]
     return pd.DataFrame({"macro (mean per image)": m["macro"], "micro (pooled pixels)": m["micro"]}).T.round(4)
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import csv
+import io
 import json
 import os
 import tempfile
@@ -44,3 +46,18 @@ def write_text(path: str | os.PathLike, text: str) -> Path:
 
 def write_json(path: str | os.PathLike, obj: Any) -> Path:
     return write_text(path, json.dumps(obj, indent=2, sort_keys=False, allow_nan=False) + "\n")
+
+
+def write_csv(path: str | os.PathLike, rows: list[dict]) -> Path:
+    """Rows of equal keys as CSV (header from the first row); floats keep full precision."""
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=list(rows[0]), lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_text(path, buf.getvalue())
+
+
+def read_csv(path: str | os.PathLike, text_columns: tuple[str, ...] = ("id",)) -> list[dict]:
+    """CSV written by :func:`write_csv`; every column but ``text_columns`` as float."""
+    with open(path, newline="") as f:
+        return [{k: (v if k in text_columns else float(v)) for k, v in row.items()} for row in csv.DictReader(f)]

@@ -129,3 +129,10 @@ def all_metrics(counts: torch.Tensor, reduction: str = "macro") -> dict[str, flo
     if reduction == "per_image":
         return out
     return {name: float(value) for name, value in out.items()}
+
+
+def per_image_rows(ids: list[str], sizes, counts: torch.Tensor) -> list[dict]:
+    """One dict per image: id, height, width (original size) and every metric of :data:`METRICS`."""
+    per = all_metrics(counts, "per_image")
+    return [{"id": ids[i], "height": int(sizes[i][0]), "width": int(sizes[i][1]),
+             **{name: float(per[name][i]) for name in METRICS}} for i in range(len(ids))]

@@ -21,6 +21,8 @@ from . import paths
 from .errors import ProjectError
 from .experiment import LABELS, RunConfig, environment, resolve_source
 from .io import write_json, write_text
+from .model import load_encoder_features
+from .train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb",
              "03_model2_finetuned.ipynb", "04_comparison.ipynb")
@@ -92,20 +94,27 @@ def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
             "figures": [str(cfg.figure(f)) for f in FIGURES]}
 
 
-def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print) -> dict:
-    """Run the four notebooks for ``cfg`` and write results.json and report.html under its run folder."""
+def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print,
+              notebooks_dir: Path = paths.NOTEBOOKS) -> dict:
+    """Run the notebooks for ``cfg`` and write results.json and report.html under its run folder."""
     run = cfg.run_path
+    try:
+        resolve_device(cfg.device)  # a missing GPU fails here, before any notebook runs
+    except RuntimeError as exc:
+        raise ProjectError(str(exc)) from None
     if (run / "results.json").exists() and not overwrite:
         raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
     source, root = resolve_source(cfg)  # fails at once when ISIC 2016 is asked for and absent
     log(f"data: {LABELS[source]} ({root})")
+    if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
+        log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
     cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
     for name in NOTEBOOKS:
         log(f"running {name} ...")
         out = run / "notebooks" / name
-        timings[name] = round(run_notebook(paths.NOTEBOOKS / name, out, parameters), 1)
+        timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters), 1)
         executed.append(out)
         log(f"  {name} done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, source)

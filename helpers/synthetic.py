@@ -26,14 +26,11 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from helpers.data import SPLITS, SYNTHETIC_MARKER
 from helpers.errors import DataError, ProjectError
 from helpers.io import write_json
 
-SPLITS = {  # split -> (image folder, mask folder)
-    "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
-    "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
-}
-MARKER = "synthetic.json"  # written last: marks a complete set
+MARKER = SYNTHETIC_MARKER  # written last: marks a complete set
 FORMAT_VERSION = 1
 JPEG_QUALITY = 90
 MAX_WORK_SIDE = 1024  # textures are rendered at most this large, then upsampled

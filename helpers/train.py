@@ -105,7 +105,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=lr)
     train_loader = make_loader(train_set, batch_size, True, generator, dev)
     test_loader = make_loader(test_set, batch_size, False, None, dev)
-    settings = {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "device": str(dev),
+    settings = {"image_size": int(train_set[0]["image"].shape[-1]), "epochs": epochs, "batch_size": batch_size,
+                "lr": lr, "seed": seed, "device": str(dev),
                 "optimizer": "NAdam", "loss": "BCEWithLogitsLoss", "n_train": len(train_set), "n_test": len(test_set)}
     history: list[dict] = []
     start = time.perf_counter()
@@ -140,13 +141,13 @@ def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, hist
 
 
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SegmentationModel, dict]:
-    """Rebuild the model saved by :func:`save_run` (no weight download needed) and its checkpoint dict."""
+    """Rebuild the model saved by :func:`save_run` (no weight download needed), in eval mode, and the checkpoint dict."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     cfg = ckpt["config"]
     model = build_model(cfg["freeze_encoder"], encoder_weights=None, decoder=cfg["decoder"])
     model.load_state_dict(ckpt["model"])
     model.config = cfg
-    return model.to(device), ckpt
+    return model.to(device).eval(), ckpt
 
 
 def read_history(path: str | Path) -> list[dict]:

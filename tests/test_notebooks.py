@@ -11,9 +11,9 @@ import pytest
 from PIL import Image
 
 from helpers import reproduce
-from helpers.errors import ProjectError
+from helpers.experiment import RunConfig
 
-from nbtiny import CHECK, NOTEBOOKS, is_checked, parameterized_copies, tiny_parameters
+from nbtiny import NOTEBOOKS, is_checked, parameterized_copies, tiny_parameters
 
 
 def test_notebooks_are_committed_thin():
@@ -83,17 +83,36 @@ def test_headless_pipeline_writes_every_output(tmp_path, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
-def test_failing_notebook_is_named_and_kept(tmp_path, capsys):
-    args = _main_args(tmp_path, "--name", "broken", "--no-html")
+def test_failing_notebook_is_named_and_kept(tmp_path):
+    notebooks = tmp_path / "nbs"
+    notebooks.mkdir()
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        if path.name.startswith("02_"):
+            nb.cells.insert(4, nbformat.v4.new_code_cell('raise RuntimeError("deliberate failure")'))
+        nbformat.write(nb, notebooks / path.name)
+    p = tiny_parameters(tmp_path)
+    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
+                    epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(tmp_path / "runs" / "b"),
+                    figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+    with pytest.raises(reproduce.NotebookFailed) as err:
+        reproduce.reproduce(cfg, html=False, log=lambda *a: None, notebooks_dir=notebooks)
+    message = str(err.value)
+    assert "02_model1_frozen_encoder.ipynb failed in cell 5" in message and "RuntimeError: deliberate failure" in message
+    partial = tmp_path / "runs" / "b" / "notebooks" / "02_model1_frozen_encoder.ipynb"
+    assert str(partial) in message and partial.is_file()
+    executed = nbformat.read(partial, as_version=4)
+    assert any(o.get("ename") == "RuntimeError" for c in executed.cells for o in c.get("outputs", []))
+    assert not (tmp_path / "runs" / "b" / "notebooks" / "03_model2_finetuned.ipynb").exists()
+    assert not (tmp_path / "runs" / "b" / "results.json").exists()
+
+
+def test_missing_encoder_weights_file_fails_before_any_notebook(tmp_path, capsys):
+    args = _main_args(tmp_path, "--name", "w")
     args[args.index("--encoder-weights") + 1] = str(tmp_path / "missing.pth")
     assert reproduce.main(args) == 1
-    err = capsys.readouterr().err
-    assert "02_model1_frozen_encoder.ipynb failed in cell" in err and "WeightsError" in err
-    assert "missing.pth" in err
-    partial = tmp_path / "runs" / "broken" / "notebooks" / "02_model1_frozen_encoder.ipynb"
-    assert partial.is_file()
-    assert not (tmp_path / "runs" / "broken" / "notebooks" / "03_model2_finetuned.ipynb").exists()
-    assert not (tmp_path / "runs" / "broken" / "results.json").exists()
+    assert "missing.pth: encoder weights file not found" in capsys.readouterr().err
+    assert not (tmp_path / "runs" / "w" / "notebooks").exists()
 
 
 def test_asking_for_absent_isic_data_fails_at_once(tmp_path, capsys):

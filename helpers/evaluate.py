@@ -1,0 +1,199 @@
+"""Evaluate a checkpoint exactly as the ISIC 2016 challenge scores it: at each image's original size.
+
+    python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT --split test --out DIR
+                               [--batch-size 16] [--device auto] [--tta] [--image-size N]
+
+Each image is resized as in training (:func:`helpers.data.load_sample`), the model runs at
+image_size x image_size, its logits are upsampled bilinearly (align_corners=False) to the original
+height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
+
+- ``masks/ISIC_XXXXXXX_segmentation.png``: 8-bit grayscale, 0/255, original size (submission format);
+- with ground truth: ``per_image.csv`` (id, height, width and the six ISIC metrics) and
+  ``summary.json`` ("macro": the challenge numbers, "micro": pooled Jaccard and Dice, settings);
+- without a ground-truth folder: the masks and a ``summary.json`` whose "macro"/"micro" are null.
+
+The image size comes from ``--image-size``, else ``ckpt["settings"]["image_size"]``, else 128 (the
+report's size); summary.json records which ("image_size_source"). ``--tta`` averages the logits of
+the image and of its horizontal and vertical flips (flipped back); it is off by default.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from tqdm.auto import tqdm
+
+from . import metrics
+from .data import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
+from .errors import DataError, ProjectError
+from .io import atomic_path, write_csv, write_json
+from .train import load_checkpoint, resolve_device
+
+DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor the checkpoint gives one
+MASK_SUFFIX = "_segmentation.png"
+
+
+@torch.no_grad()
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+    """uint8 B x 3 x S x S -> logits float32 B x 1 x S x S (model's device).
+
+    With ``tta``: the mean of the logits of the images, their horizontal flips and their vertical
+    flips, each flipped back (one forward pass over 3B images).
+    """
+    device = next(model.parameters()).device
+    x = images.to(device).float().div_(255)
+    if not tta:
+        return model(x)
+    plain, hflip, vflip = model(torch.cat([x, x.flip(-1), x.flip(-2)])).chunk(3)
+    return (plain + hflip.flip(-1) + vflip.flip(-2)) / 3
+
+
+def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Logits 1 x S x S -> 1 x H x W, bilinear, align_corners=False (size = (H, W))."""
+    return F.interpolate(logits[None].float(), size=tuple(size), mode="bilinear", align_corners=False)[0]
+
+
+def predict_original_size(model: torch.nn.Module, image_uint8_chw_resized: torch.Tensor,
+                          orig_size: tuple[int, int], tta: bool = False) -> torch.Tensor:
+    """One resized uint8 image 3 x S x S -> logits 1 x H x W at its original size (H, W)."""
+    return upsample(predict_logits(model, image_uint8_chw_resized[None], tta)[0], orig_size)
+
+
+def _load(sample, image_size: int) -> dict:
+    """Resized image (uint8 3 x S x S via load_sample), original size (H, W), truth (bool H x W or None)."""
+    r = load_sample(replace(sample, mask=None), image_size)
+    truth = None
+    if sample.mask is not None:
+        truth = read_mask(sample.mask)[0]
+        if truth.shape != r["size"]:
+            raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
+                            f"{sample.image.name} is {r['size'][1]}x{r['size'][0]}")
+    return {"image": torch.from_numpy(r["image"]).permute(2, 0, 1), "size": r["size"], "truth": truth}
+
+
+def _write_png(path: Path, mask: np.ndarray) -> None:
+    """bool H x W -> 8-bit grayscale 0/255 PNG, atomically."""
+    with atomic_path(path) as tmp:
+        Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
+
+
+def _open_model(checkpoint: Path, device: torch.device):
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: checkpoint file not found")
+    try:
+        return load_checkpoint(checkpoint, device=str(device))
+    except Exception as exc:  # torch.load / load_state_dict raise many types for a bad file
+        first = next((line for line in str(exc).splitlines() if line.strip()), "")  # torch's are long
+        raise DataError(f"{checkpoint}: cannot load checkpoint ({type(exc).__name__}: {first.strip()})") from exc
+
+
+def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None, *, batch_size: int = 16,
+                        device: str = "auto", tta: bool = False, progress: bool = True,
+                        image_size: int | None = None) -> dict:
+    """Predict every image of ``split`` at its original size; score it when ground truth exists.
+
+    Writes masks/, per_image.csv and summary.json under ``out_dir`` (nothing when it is None) and
+    returns the summary dict written to summary.json.
+    """
+    start, checkpoint, data_dir = time.perf_counter(), Path(checkpoint), Path(data_dir)
+    if batch_size < 1:
+        raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
+    try:
+        dev = resolve_device(device)
+    except RuntimeError as exc:
+        raise ProjectError(str(exc)) from exc
+    model, ckpt = _open_model(checkpoint, dev)
+    settings = ckpt.get("settings", {})
+    source = "argument" if image_size else "checkpoint" if settings.get("image_size") else "default"
+    image_size = int(image_size or settings.get("image_size") or DEFAULT_IMAGE_SIZE)
+    samples = list_split(data_dir, split, require_masks=False)
+    has_truth = samples[0].mask is not None
+    mask_dir = None if out_dir is None else Path(out_dir) / "masks"
+    if mask_dir is not None and mask_dir.is_dir():  # same names are replaced; others would mix runs
+        stale = sorted(set(p.name for p in mask_dir.iterdir()) - {s.id + MASK_SUFFIX for s in samples})
+        if stale:
+            raise DataError(f"{mask_dir}: holds {len(stale)} file(s) not of this split ({', '.join(stale[:3])}); "
+                            "choose an empty --out folder")
+    counts, rows = [], []
+    with ThreadPoolExecutor() as pool, tqdm(total=len(samples), desc=f"evaluate {split}", disable=not progress,
+                                            leave=False) as bar:
+        for i in range(0, len(samples), batch_size):
+            batch = samples[i:i + batch_size]
+            loaded = list(pool.map(partial(_load, image_size=image_size), batch))
+            logits = predict_logits(model, torch.stack([d["image"] for d in loaded]), tta)
+            preds = [metrics.binarize_logits(upsample(lg, d["size"])[0]).cpu() for d, lg in zip(loaded, logits)]
+            if mask_dir is not None:  # bool H x W each, encoded in parallel
+                list(pool.map(_write_png, [mask_dir / f"{s.id}{MASK_SUFFIX}" for s in batch],
+                              [p.numpy() for p in preds]))
+            if has_truth:
+                counts += [metrics.confusion(p[None], torch.from_numpy(d["truth"])[None]) for p, d in zip(preds, loaded)]
+                rows += [(s.id, *d["size"]) for s, d in zip(batch, loaded)]
+            bar.update(len(batch))
+    summary = {"n_images": len(samples), "ground_truth": has_truth, "macro": None, "micro": None,
+               "checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split,
+               "data_source": SOURCE_LABELS[source_of(data_dir)],
+               "image_size": image_size, "image_size_source": source, "tta": bool(tta),
+               "resolution": "original", "model": ckpt.get("config"), "settings": settings}
+    if has_truth:
+        counts = torch.cat(counts)
+        summary["macro"] = metrics.all_metrics(counts, "macro")
+        summary["micro"] = {"jaccard": float(metrics.jaccard(counts, "micro")),
+                            "dice": float(metrics.dice(counts, "micro"))}
+        if out_dir is not None:
+            write_csv(Path(out_dir) / "per_image.csv",
+                      metrics.per_image_rows([r[0] for r in rows], [r[1:] for r in rows], counts))
+    elif out_dir is not None:  # never leave an earlier run's scores beside masks-only output
+        (Path(out_dir) / "per_image.csv").unlink(missing_ok=True)
+    summary["seconds"] = round(time.perf_counter() - start, 3)
+    if out_dir is not None:
+        write_json(Path(out_dir) / "summary.json", summary)
+    return summary
+
+
+def summary_line(summary: dict, out_dir) -> str:
+    """The one-line report printed by the CLI."""
+    head = f"evaluate: {summary['n_images']} {summary['split']} images{' (TTA)' if summary['tta'] else ''}"
+    scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
+              if summary["macro"] else "no ground truth, masks only")
+    return f"{head}, {scores}, written to {out_dir} in {summary['seconds']:.0f} s"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; returns the exit status (1 with one 'error:' line on a ProjectError)."""
+    parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.splitlines()[0])
+    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by training")
+    parser.add_argument("--data-dir", required=True, type=Path, help="a folder in the ISIC 2016 Part 1 layout")
+    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--out", required=True, type=Path, help="output folder (masks/, per_image.csv, summary.json)")
+    parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
+    parser.add_argument("--tta", action="store_true", help="average logits over identity, h-flip, v-flip (off by default)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help=f"model input size (default: the checkpoint's, else {DEFAULT_IMAGE_SIZE})")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    args = parser.parse_args(argv)
+    if args.tta:
+        print("evaluate: test-time augmentation is ON (mean logits of the image, its h-flip and v-flip)")
+    try:
+        summary = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, args.out,
+                                      batch_size=args.batch_size, device=args.device, tta=args.tta,
+                                      progress=not args.quiet, image_size=args.image_size)
+    except ProjectError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
+        return 1
+    print(summary_line(summary, args.out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

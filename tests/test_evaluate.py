@@ -1,0 +1,190 @@
+"""helpers.evaluate: masks at the original size, scored exactly as the official ISIC scorer does."""
+
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from helpers.data import SPLITS, load_dataset
+from helpers.evaluate import evaluate_checkpoint, main, predict_logits, predict_original_size
+from helpers.model import build_model
+from helpers.train import fit, load_checkpoint, save_run
+
+from isic_challenge_scoring.segmentation import SegmentationScore
+
+IMAGE_SIZE = 32
+pytestmark = pytest.mark.filterwarnings("ignore:The inplace keyword in Series.rename")  # the scorer's pandas use
+METRICS = ("accuracy", "sensitivity", "specificity", "jaccard", "threshold_jaccard", "dice")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine make tiny convolutions ~50x slower (OpenMP spinning)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture
+def runs(tiny_isic, tmp_path):
+    """tiny_isic, a 1-epoch checkpoint ("fit") and a copy whose head bias puts the median test logit
+    at 0, so its masks mix lesion and background ("mixed"; image_size recorded in its settings)."""
+    train = load_dataset(tiny_isic, "train", IMAGE_SIZE, progress=False)
+    test = load_dataset(tiny_isic, "test", IMAGE_SIZE, progress=False)
+    fit(build_model(False, encoder_weights=None), train, test, epochs=1, batch_size=4, seed=0, device="cpu",
+        out_dir=tmp_path / "fit", progress=False, log=None)
+    model, ckpt = load_checkpoint(tmp_path / "fit" / "checkpoint.pt")
+    model.head.bias.data -= predict_logits(model, test.images).median()
+    save_run(tmp_path / "mixed", model, {**ckpt["settings"], "image_size": IMAGE_SIZE}, ckpt["history"])
+    return {"root": tiny_isic, "fit": tmp_path / "fit" / "checkpoint.pt",
+            "mixed": tmp_path / "mixed" / "checkpoint.pt"}
+
+
+def truth_dir(root):
+    return root / SPLITS["test"][1]
+
+
+def official_macro(root, out):
+    return SegmentationScore.from_dir(truth_dir(root), out / "masks").macro_average
+
+
+def check_masks(root, out):
+    """One 8-bit 0/255 PNG per test image, named as the ISIC submission format, at the original size."""
+    images = sorted((root / SPLITS["test"][0]).glob("*.jpg"))
+    masks = sorted((out / "masks").iterdir())
+    assert [m.name for m in masks] == [f"{p.stem}_segmentation.png" for p in images]
+    arrays = []
+    for image, mask in zip(images, masks):
+        with Image.open(mask) as m, Image.open(image) as i:
+            assert m.mode == "L" and m.size == i.size
+            arrays.append(np.asarray(m))
+        assert set(np.unique(arrays[-1])) <= {0, 255}
+    return arrays
+
+
+def read_csv(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_masks_and_metrics_match_the_official_scorer(runs, tmp_path):
+    root, out = runs["root"], tmp_path / "eval"
+    summary = evaluate_checkpoint(runs["mixed"], root, "test", out, batch_size=3, progress=False)
+    masks = check_masks(root, out)
+    assert any(0 < m.mean() < 255 for m in masks), "the mixed checkpoint should predict both classes"
+
+    official = official_macro(root, out)
+    assert json.loads((out / "summary.json").read_text()) == summary
+    for name in METRICS:
+        assert summary["macro"][name] == pytest.approx(float(official[name]), abs=1e-6), name
+
+    rows = read_csv(out / "per_image.csv")
+    assert list(rows[0]) == ["id", "height", "width", *METRICS] and len(rows) == 4
+    for row in rows:
+        j, d = float(row["jaccard"]), float(row["dice"])
+        assert d == pytest.approx(2 * j / (1 + j), abs=1e-12)
+        assert (int(row["height"]), int(row["width"])) == (36, 48)
+    for name in METRICS:
+        assert summary["macro"][name] == pytest.approx(np.mean([float(r[name]) for r in rows]), abs=1e-12)
+
+    truths = [np.asarray(Image.open(p)) > 128 for p in sorted(truth_dir(root).iterdir())]
+    tp = sum(((m > 128) & t).sum() for m, t in zip(masks, truths))
+    wrong = sum(((m > 128) != t).sum() for m, t in zip(masks, truths))
+    assert summary["micro"]["jaccard"] == pytest.approx(tp / (tp + wrong))
+    assert summary["micro"]["dice"] == pytest.approx(2 * tp / (2 * tp + wrong))
+    assert summary["n_images"] == 4 and summary["split"] == "test" and summary["resolution"] == "original"
+    assert summary["data_source"] == "ISIC 2016 Part 1" and summary["tta"] is False
+    assert summary["image_size"] == IMAGE_SIZE and summary["image_size_source"] == "checkpoint"
+    assert summary["model"]["decoder"] == "report" and summary["settings"]["epochs"] == 1
+
+    # predict_original_size gives the same mask for one image
+    model, _ = load_checkpoint(runs["mixed"])
+    test = load_dataset(root, "test", IMAGE_SIZE, progress=False)
+    logits = predict_original_size(model, test.images[1], (36, 48))
+    assert logits.shape == (1, 36, 48)
+    assert np.array_equal((logits[0] >= 0).numpy(), masks[1] == 255)
+
+
+def test_cli_on_a_trained_checkpoint(runs, tmp_path, capsys):
+    root, out = runs["root"], tmp_path / "cli"
+    args = ["--checkpoint", str(runs["fit"]), "--data-dir", str(root), "--out", str(out), "--quiet"]
+    assert main([*args, "--image-size", str(IMAGE_SIZE), "--batch-size", "2"]) == 0
+    line = capsys.readouterr().out.strip()
+    assert line.startswith("evaluate: 4 test images, Jaccard ") and f"written to {out} in " in line
+    assert "\n" not in line
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["image_size_source"] == "argument" and summary["tta"] is False
+    check_masks(root, out)
+    official = official_macro(root, out)
+    for name in METRICS:
+        assert summary["macro"][name] == pytest.approx(float(official[name]), abs=1e-6), name
+
+
+def test_tta_is_recorded_and_named_alike(runs, tmp_path, capsys):
+    root, out = runs["root"], tmp_path / "tta"
+    assert main(["--checkpoint", str(runs["mixed"]), "--data-dir", str(root), "--out", str(out), "--tta",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "test-time augmentation is ON" in printed and "(TTA)" in printed
+    assert json.loads((out / "summary.json").read_text())["tta"] is True
+    check_masks(root, out)
+    official = official_macro(root, out)
+    assert json.loads((out / "summary.json").read_text())["macro"]["dice"] == pytest.approx(official["dice"], abs=1e-6)
+
+
+def test_tta_averages_the_three_flipped_passes():
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Conv2d(1, 1, (1, 5), padding=(0, 2)))
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    x = images.float() / 255
+    with torch.no_grad():
+        expected = (model(x) + model(x.flip(-1)).flip(-1) + model(x.flip(-2)).flip(-2)) / 3
+        assert not torch.allclose(expected, model(x), atol=1e-4)  # the check is not vacuous
+    assert torch.allclose(predict_logits(model, images, tta=True), expected, atol=1e-6)
+    assert torch.equal(predict_logits(model, images), model(x).detach())
+    pointwise = torch.nn.Conv2d(3, 1, 1)  # flip-equivariant: TTA changes nothing
+    assert torch.allclose(predict_logits(pointwise, images, tta=True), predict_logits(pointwise, images), atol=1e-6)
+
+
+def test_images_only_writes_masks_without_metrics(runs, tmp_path, capsys):
+    root, out = runs["root"], tmp_path / "images-only"
+    evaluate_checkpoint(runs["fit"], root, "test", out, progress=False)  # an earlier run with ground truth
+    assert (out / "per_image.csv").is_file()
+    shutil.rmtree(truth_dir(root))
+    (root / "synthetic.json").write_text("{}")
+    assert main(["--checkpoint", str(runs["fit"]), "--data-dir", str(root), "--out", str(out), "--quiet"]) == 0
+    assert "4 test images, no ground truth, masks only" in capsys.readouterr().out
+    check_masks(root, out)
+    assert not (out / "per_image.csv").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ground_truth"] is False and summary["macro"] is None and summary["micro"] is None
+    assert summary["image_size"] == 32 and summary["image_size_source"] == "checkpoint"
+    assert summary["data_source"] == "SYNTHETIC demo set (not ISIC data)"
+
+
+def test_errors_are_one_line(runs, tmp_path, capsys):
+    root, out = runs["root"], tmp_path / "err"
+    missing = tmp_path / "no" / "checkpoint.pt"
+    assert main(["--checkpoint", str(missing), "--data-dir", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: {missing}: checkpoint file not found"
+
+    broken = tmp_path / "broken.pt"
+    broken.write_bytes(b"not a checkpoint")
+    assert main(["--checkpoint", str(broken), "--data-dir", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith(f"error: {broken}: cannot load checkpoint") and "\n" not in err
+
+    (out / "masks").mkdir(parents=True)
+    (out / "masks" / "ISIC_0000001_segmentation.png").write_bytes(b"")  # from another split
+    assert main(["--checkpoint", str(runs["mixed"]), "--data-dir", str(root), "--out", str(out)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "ISIC_0000001_segmentation.png" in err and "\n" not in err
+    assert main(["--checkpoint", str(runs["mixed"]), "--data-dir", str(tmp_path / "nowhere"), "--out",
+                 str(tmp_path / "x")]) == 1
+    assert capsys.readouterr().err.strip() == f"error: {tmp_path / 'nowhere'}: data folder does not exist"

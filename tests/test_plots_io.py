@@ -1,0 +1,48 @@
+import pytest
+import torch
+from matplotlib.figure import Figure
+from PIL import Image
+
+from helpers import io, plots
+
+
+@pytest.fixture
+def batch():
+    g = torch.Generator().manual_seed(0)
+    images = (torch.rand(3, 3, 16, 16, generator=g) * 255).to(torch.uint8)
+    masks = (torch.rand(3, 1, 16, 16, generator=g) > 0.5).to(torch.uint8)
+    return images, masks, ["ISIC_0000001", "ISIC_0000002", "ISIC_0000003"]
+
+
+def _check(fig, tmp_path, *texts):
+    assert isinstance(fig, Figure)
+    path = plots.save_figure(fig, tmp_path / "f.png")
+    with Image.open(path) as img:
+        assert img.format == "PNG" and img.width > 200
+    shown = " ".join(t.get_text() for t in fig.texts) + " " + " ".join(
+        ax.get_title() for ax in fig.axes)
+    for text in texts:
+        assert text in shown
+
+
+def test_every_figure_names_its_data_source_and_weights(batch, tmp_path):
+    images, masks, ids = batch
+    note = plots.provenance("SYNTHETIC demo set", "random")
+    assert note == "data: SYNTHETIC demo set | encoder weights: random"
+    history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e} for e in (1, 2, 3)]
+    _check(plots.intensity_histograms(images, masks, plots.provenance("SYNTHETIC demo set")), tmp_path, "SYNTHETIC")
+    _check(plots.sample_grid(images, masks, ids, note), tmp_path, "SYNTHETIC", "ISIC_0000002")
+    _check(plots.loss_curves({"m": history}, note), tmp_path, "encoder weights: random")
+    _check(plots.predictions(images.float() / 255, masks, masks, ids, [0.9, 0.5, 0.1], "best", note),
+           tmp_path, "IoU 0.900", "SYNTHETIC")
+    _check(plots.iou_scatter([0.2, 0.5], [0.4, 0.3], "A", "B", note), tmp_path, "better on 1 of 2")
+
+
+def test_atomic_write_leaves_old_file_on_error(tmp_path):
+    path = tmp_path / "out.json"
+    io.write_json(path, {"a": 1})
+    with pytest.raises(ValueError):
+        io.write_json(path, {"a": float("nan")})  # not valid JSON: refused before the rename
+    assert path.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+    assert oct(path.stat().st_mode & 0o777) != oct(0o600)
