@@ -13,9 +13,11 @@ IMAGE_SIZE ?= 128
 BATCH_SIZE ?= 16
 LR ?= 0.001
 SEED ?= 0
+SEEDS ?= 1
 DEVICE ?= auto
 ENCODER_WEIGHTS ?= auto
 NAME ?= default
+TTA ?=
 REPRODUCE_ARGS ?=
 
 .PHONY: all venv reproduce test test-fast notebook-outputs data synthetic check lab clean
@@ -31,8 +33,8 @@ venv: $(STAMP)
 
 reproduce: $(STAMP)
 	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
-	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --device $(DEVICE) \
-	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(REPRODUCE_ARGS)
+	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --seeds $(SEEDS) --device $(DEVICE) \
+	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) $(REPRODUCE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest

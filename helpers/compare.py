@@ -9,10 +9,20 @@ from __future__ import annotations
 
 import pandas as pd
 
-REPORT = {  # what the report states for its test set (one run each)
-    "model1_frozen": {"label": "Model 1 (frozen encoder)", "dice": 0.752, "iou": 0.2985},
-    "model2_finetuned": {"label": "Model 2 (fine-tuned encoder)", "dice": 0.862, "iou": 0.2985},
+MODELS = {  # run name -> label
+    "model1_frozen": "Model 1 (frozen encoder)",
+    "model2_finetuned": "Model 2 (fine-tuned encoder)",
+    "model3_unet": "Model 3 (fine-tuned, U-Net decoder)",
 }
+REPORT = {  # what the report states for its test set (one run each, 128x128)
+    "model1_frozen": {"dice": 0.752, "iou": 0.2985},
+    "model2_finetuned": {"dice": 0.862, "iou": 0.2985},
+}
+PUBLISHED = [  # ISIC 2016 Part 1 test set, mean per-image metrics at the original resolution
+    {"method": "ISIC 2016 challenge winner (Gutman et al. 2016, arXiv:1605.01397)",
+     "jaccard": 0.843, "dice": 0.910, "accuracy": 0.953},
+    {"method": "Yuan et al. 2017 (IEEE TMI, FCN with Jaccard-distance loss)", "jaccard": 0.847},
+]
 COLUMNS = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
 
 
@@ -21,39 +31,82 @@ def iou_bounds_from_dice(mean_dice: float) -> tuple[float, float]:
     return mean_dice / (2 - mean_dice), mean_dice
 
 
+def _mean(result: dict, key: str, metric: str) -> float:
+    return result["summary"][key][metric]["mean"]
+
+
+def _fmt(result: dict, key: str, metric: str) -> str:
+    v = result["summary"][key][metric]
+    return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(v["per_seed"]) > 1 else "")
+
+
 def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
-    """One row per model: our macro metrics, the report's Dice and IoU, and the IoU range its Dice implies."""
+    """Our macro metrics at the working resolution (mean ± sd over seeds) beside the report's."""
     rows = []
     for name, res in results.items():
-        ours = res["metrics"]["macro"]
-        rep = REPORT[name]
-        lo, hi = iou_bounds_from_dice(rep["dice"])
-        rows.append({"model": rep["label"], **{f"our {k}": ours[k] for k in COLUMNS},
-                     "report Dice": rep["dice"], "report IoU": rep["iou"],
-                     "IoU implied by report Dice": f"{lo:.3f}-{hi:.3f}"})
-    return pd.DataFrame(rows).set_index("model").round(4)
+        rep = REPORT.get(name, {})
+        implied = iou_bounds_from_dice(rep["dice"]) if rep else None
+        rows.append({"model": MODELS[name], "seeds": len(res["runs"]), **{f"our {k}": _fmt(res, "macro", k) for k in COLUMNS},
+                     "report Dice": rep.get("dice", "-"), "report IoU": rep.get("iou", "-"),
+                     "IoU implied by report Dice": f"{implied[0]:.3f}-{implied[1]:.3f}" if implied else "-"})
+    return pd.DataFrame(rows).set_index("model")
+
+
+def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
+    """Mean per-image metrics at each image's original size (the ISIC challenge's way) beside
+    published ISIC 2016 results. Ours are on this run's data: compare with the published rows
+    only when that is the ISIC 2016 test set."""
+    rows = []
+    for name, res in results.items():
+        src = res["summary"]["data_source"]
+        rows.append({"method": f"{MODELS[name]} - ours, {src}", "jaccard": _fmt(res, "original", "jaccard"),
+                     "dice": _fmt(res, "original", "dice"), "accuracy": _fmt(res, "original", "accuracy")})
+        if "original_tta" in res["summary"]:
+            rows.append({"method": f"{MODELS[name]} - ours with flip TTA", "jaccard": _fmt(res, "original_tta", "jaccard"),
+                         "dice": _fmt(res, "original_tta", "dice"), "accuracy": _fmt(res, "original_tta", "accuracy")})
+    rows += [{k: p.get(k, "-") for k in ("method", "jaccard", "dice", "accuracy")} for p in PUBLISHED]
+    return pd.DataFrame(rows).set_index("method")
 
 
 def iou_correction(results: dict[str, dict]) -> pd.DataFrame:
     """Does each mean IoU lie where its mean Dice says it must? The report's do not; ours do."""
     rows = []
     for name, res in results.items():
-        rep = REPORT[name]
-        for who, iou, dice in (("report", rep["iou"], rep["dice"]),
-                               ("ours", res["metrics"]["macro"]["jaccard"], res["metrics"]["macro"]["dice"])):
+        pairs = [("ours", _mean(res, "macro", "jaccard"), _mean(res, "macro", "dice"))]
+        if name in REPORT:
+            pairs.insert(0, ("report", REPORT[name]["iou"], REPORT[name]["dice"]))
+        for who, iou, dice in pairs:
             lo, hi = iou_bounds_from_dice(dice)
-            rows.append({"model": rep["label"], "source": who, "mean Dice": round(dice, 4),
+            rows.append({"model": MODELS[name], "source": who, "mean Dice": round(dice, 4),
                          "mean IoU": round(iou, 4), "allowed IoU range": f"{lo:.4f}-{hi:.4f}",
                          "consistent": bool(lo - 1e-9 <= iou <= hi + 1e-9)})
     return pd.DataFrame(rows).set_index(["model", "source"])
 
 
-def paired_ious(a: list[dict], b: list[dict]) -> tuple[list[float], list[float]]:
+def per_image_jaccard(result: dict, key: str = "original") -> dict[str, float]:
+    """Per-image Jaccard averaged over seeds (key "original" or "per_image" for 128x128)."""
+    ids = [r["id"] for r in result["runs"][0][key]]
+    table = [{r["id"]: r["jaccard"] for r in run[key]} for run in result["runs"]]
+    return {i: sum(t[i] for t in table) / len(table) for i in ids}
+
+
+def paired_ious(a: dict[str, float], b: dict[str, float]) -> tuple[list[float], list[float]]:
     """Per-image IoU of two models on the same test images, matched by id."""
-    by_id = {r["id"]: r["jaccard"] for r in b}
-    if set(by_id) != {r["id"] for r in a}:
+    if set(a) != set(b):
         raise ValueError("the two models were scored on different test images")
-    return [r["jaccard"] for r in a], [by_id[r["id"]] for r in a]
+    ids = sorted(a)
+    return [a[i] for i in ids], [b[i] for i in ids]
+
+
+def paired_table(results: dict[str, dict], pairs=(("model1_frozen", "model2_finetuned"),
+                                                   ("model2_finetuned", "model3_unet"))) -> pd.DataFrame:
+    """Paired per-image comparisons at the original size: mean Jaccard difference, bootstrap 95% CI."""
+    rows = []
+    for a, b in pairs:
+        if a in results and b in results:
+            ja, jb = paired_ious(per_image_jaccard(results[a]), per_image_jaccard(results[b]))
+            rows.append({"comparison": f"{MODELS[b]} - {MODELS[a]}", **paired_bootstrap(ja, jb)})
+    return pd.DataFrame(rows).set_index("comparison").round(4)
 
 
 def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10000, seed: int = 0,

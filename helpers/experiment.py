@@ -12,6 +12,7 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -19,6 +20,7 @@ from . import data as data_mod
 from . import metrics, paths
 from .errors import DataError
 from .io import read_csv, write_csv, write_json
+from .evaluate import evaluate_checkpoint
 from .model import SegmentationModel, build_model, parameter_counts
 from .train import evaluate, fit, make_loader, resolve_device
 
@@ -39,17 +41,19 @@ class RunConfig:
     batch_size: int = 16
     lr: float = 1e-3
     seed: int = 0
+    seeds: int = 1                  # number of seeds (seed, seed + 1, ...); the comparison reports their spread
     device: str = "auto"
     encoder_weights: str | None = "auto"  # "imagenet", None, a path, or "auto" (ImageNet else random, loudly)
     run_dir: str = "runs/interactive"   # outputs (relative paths are under the project root)
     figures_dir: str = "figures"
     cache_dir: str | None = "data/cache"
+    tta: bool = False               # also score with test-time augmentation (flips), reported separately
     progress: bool = True
 
     def __post_init__(self):
         if self.data not in SOURCES:
             raise ValueError(f"data must be one of {SOURCES}, got {self.data!r}")
-        for name in ("image_size", "epochs", "batch_size"):
+        for name in ("image_size", "epochs", "batch_size", "seeds"):
             if int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
 
@@ -145,27 +149,77 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str) -> dict:
-    """Train ``model`` with the run's settings, evaluate on the test split and save everything.
+def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None) -> dict:
+    """Train ``model`` for one seed, evaluate on the test split and save everything.
 
-    Writes ``run_dir/name/``: history.json, checkpoint.pt, per_image.csv (128x128 metrics per test
-    image), metrics.json (macro and micro metrics, settings, data source, weights, versions).
-    Returns {"history", "per_image", "metrics", "probs"}.
+    Writes ``run_dir/name/seed<seed>/``: history.json, checkpoint.pt, per_image.csv (metrics per
+    test image at the working resolution, as the report measured), ``original/`` (masks,
+    per_image.csv and summary.json at each image's original size, as the ISIC challenge scores;
+    ``original_tta/`` too when cfg.tta) and metrics.json (all of it with settings, data source,
+    weights and versions). Returns {"seed", "history", "per_image", "original", "metrics", "probs"}.
     """
-    out = cfg.run_path / name
+    seed = cfg.seed if seed is None else seed
+    out = cfg.run_path / name / f"seed{seed}"
     history = fit(model, d.train, d.test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  seed=cfg.seed, device=cfg.device, out_dir=out, progress=cfg.progress)
+                  seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.test, cfg.batch_size, False, None, dev), dev, keep_probs=True)
     rows = metrics.per_image_rows(ev["ids"], d.test.sizes, ev["counts"])
     write_csv(out / "per_image.csv", rows)
-    summary = {"name": name, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
+    summary = {"name": name, "seed": seed, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
                "config": asdict(cfg), "resolution": f"{cfg.image_size}x{cfg.image_size}",
                "macro": metrics.all_metrics(ev["counts"], "macro"),
                "micro": metrics.all_metrics(ev["counts"], "micro"),
                "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
+    for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
+        challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, "test", out / key, batch_size=cfg.batch_size,
+                                        device=cfg.device, tta=tta, progress=cfg.progress)
+        summary[key] = {"macro": challenge["macro"], "micro": challenge["micro"], "tta": tta}
     write_json(out / "metrics.json", summary)
-    return {"history": history, "per_image": rows, "metrics": summary, "probs": ev["probs"]}
+    return {"seed": seed, "history": history, "per_image": rows, "original": read_csv(out / "original" / "per_image.csv"),
+            "metrics": summary, "probs": ev["probs"]}
+
+
+def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str) -> list[dict]:
+    """:func:`train_and_evaluate` for seeds cfg.seed .. cfg.seed + cfg.seeds - 1.
+
+    ``model`` is trained for the first seed; each further seed gets a fresh model of the same
+    kind, initialised under that seed. Writes ``run_dir/name/summary.json`` (mean and spread).
+    """
+    runs = [train_and_evaluate(cfg, d, model, name, cfg.seed)]
+    for seed in range(cfg.seed + 1, cfg.seed + cfg.seeds):
+        torch.manual_seed(seed)
+        fresh = build_model(model.config["freeze_encoder"], encoder_weights=cfg.encoder_weights,
+                            decoder=model.config["decoder"], progress=False)
+        runs.append(train_and_evaluate(cfg, d, fresh, name, seed))
+    write_json(cfg.run_path / name / "summary.json", seed_summary([r["metrics"] for r in runs]))
+    return runs
+
+
+def seed_summary(per_seed: list[dict]) -> dict:
+    """Mean and sample standard deviation over seeds of every macro metric, per resolution."""
+    out = {"seeds": [m["seed"] for m in per_seed], "name": per_seed[0]["name"],
+           "data_source": per_seed[0]["data_source"], "model": per_seed[0]["model"]}
+    for key in ("macro", "original", "original_tta"):
+        if key not in per_seed[0]:
+            continue
+        values = {k: [(m[key] if key == "macro" else m[key]["macro"])[k] for m in per_seed] for k in metrics.METRICS}
+        out[key] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
+                        "per_seed": v} for k, v in values.items()}
+    return out
+
+
+def seed_table(runs: list[dict]) -> pd.DataFrame:
+    """Mean (and spread over seeds) of every metric at the working and the original resolution."""
+    s = seed_summary([r["metrics"] for r in runs])
+    cols = {"macro": f"{runs[0]['metrics']['resolution']} (report)", "original": "original size (ISIC)",
+            "original_tta": "original size, TTA"}
+    table = {}
+    for key, label in cols.items():
+        if key in s:
+            table[label] = {k: (f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(s["seeds"]) > 1 else ""))
+                            for k, v in s[key].items()}
+    return pd.DataFrame(table)
 
 
 def ranked(rows: list[dict], n: int, best: bool) -> list[int]:
@@ -175,30 +229,32 @@ def ranked(rows: list[dict], n: int, best: bool) -> list[int]:
 
 
 def load_result(run_dir: str | Path, name: str) -> dict:
-    """What a model notebook saved: metrics.json, history and per-image rows."""
+    """What a model notebook saved: summary.json over seeds, and per seed its metrics, history,
+    per-image rows at the working resolution and at the original size."""
     folder = Path(run_dir) / name
-    for f in ("metrics.json", "history.json", "per_image.csv"):
-        if not (folder / f).is_file():
-            raise DataError(f"{folder / f}: missing - run the notebook that trains '{name}' first")
-    return {"metrics": json.loads((folder / "metrics.json").read_text()),
-            "history": json.loads((folder / "history.json").read_text())["history"],
-            "per_image": read_csv(folder / "per_image.csv")}
-
-
-def headline(result: dict) -> pd.DataFrame:
-    """Macro (mean over test images, the headline) and micro metrics of one model."""
-    m = result["metrics"]
-    return pd.DataFrame({"macro (mean per image)": m["macro"], "micro (pooled pixels)": m["micro"]}).T.round(4)
+    if not (folder / "summary.json").is_file():
+        raise DataError(f"{folder / 'summary.json'}: missing - run the notebook that trains '{name}' first")
+    summary = json.loads((folder / "summary.json").read_text())
+    runs = []
+    for seed in summary["seeds"]:
+        sub = folder / f"seed{seed}"
+        runs.append({"seed": seed, "metrics": json.loads((sub / "metrics.json").read_text()),
+                     "history": json.loads((sub / "history.json").read_text())["history"],
+                     "per_image": read_csv(sub / "per_image.csv"),
+                     "original": read_csv(sub / "original" / "per_image.csv")})
+    return {"summary": summary, "runs": runs}
 
 
 def sanity_checks(result: dict) -> dict:
     """Facts that must hold for any trained model; their output is regression-tested by nbval."""
-    rows = result["per_image"]
+    rows = result["per_image"] + result["original"]
     identity = all(abs(r["dice"] - 2 * r["jaccard"] / (1 + r["jaccard"])) < 1e-9 for r in rows)
     bounded = all(0.0 <= r[k] <= 1.0 for r in rows for k in metrics.METRICS)
-    finite = all(v == v for v in result["metrics"]["macro"].values())
-    return {"test images scored": len(rows), "per-image Dice == 2J/(1+J)": identity,
-            "all metrics within [0, 1]": bounded, "headline metrics finite": finite}
+    m = result["metrics"]
+    finite = all(v == v for v in [*m["macro"].values(), *m["original"]["macro"].values()])
+    return {"test images scored": len(result["per_image"]), "at original size": len(result["original"]),
+            "per-image Dice == 2J/(1+J)": identity, "all metrics within [0, 1]": bounded,
+            "headline metrics finite": finite}
 
 
 def prediction_figure(d: Data, result: dict, best: bool, title: str, note: str, n: int = 4):

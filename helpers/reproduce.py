@@ -24,13 +24,14 @@ from .io import write_json, write_text
 from .model import load_encoder_features
 from .train import resolve_device
 
-NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb",
-             "03_model2_finetuned.ipynb", "04_comparison.ipynb")
-MODELS = ("model1_frozen", "model2_finetuned")
+NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
+             "05_model3_unet_decoder.ipynb", "04_comparison.ipynb")  # the comparison reads 02, 03 and 05
+MODELS = ("model1_frozen", "model2_finetuned", "model3_unet")
 FIGURES = ("fig01_intensity_histograms.png", "fig02_samples.png", "fig03_model1_loss.png",
            "fig04_model1_best.png", "fig05_model1_worst.png", "fig06_model2_loss.png",
            "fig07_model2_best.png", "fig08_model2_worst.png", "fig09_loss_comparison.png",
-           "fig10_iou_scatter.png")
+           "fig10_iou_scatter.png", "fig11_model3_loss.png", "fig12_model3_best.png", "fig13_model3_worst.png",
+           "fig14_iou_scatter_model3.png")
 
 
 class NotebookFailed(ProjectError):
@@ -41,9 +42,10 @@ def notebook_parameters(cfg: RunConfig) -> dict:
     """The papermill parameters (names of the notebooks' parameters cell) for ``cfg``."""
     return {"DATA": cfg.data, "DATA_DIR": cfg.data_dir, "SYNTHETIC_TRAIN": cfg.synthetic_train,
             "SYNTHETIC_TEST": cfg.synthetic_test, "IMAGE_SIZE": cfg.image_size, "EPOCHS": cfg.epochs,
-            "BATCH_SIZE": cfg.batch_size, "LR": cfg.lr, "SEED": cfg.seed, "DEVICE": cfg.device,
+            "BATCH_SIZE": cfg.batch_size, "LR": cfg.lr, "SEED": cfg.seed, "SEEDS": cfg.seeds, "DEVICE": cfg.device,
             "ENCODER_WEIGHTS": cfg.encoder_weights, "RUN_DIR": str(cfg.run_path),
-            "FIGURES_DIR": str(cfg.figure("x").parent), "CACHE_DIR": cfg.cache_dir, "PROGRESS": cfg.progress}
+            "FIGURES_DIR": str(cfg.figure("x").parent), "CACHE_DIR": cfg.cache_dir, "TTA": cfg.tta,
+            "PROGRESS": cfg.progress}
 
 
 def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3") -> float:
@@ -81,15 +83,20 @@ def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
 
 
 def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
-    """results.json: headline numbers of both models, settings, data source, versions, figures."""
-    models = {}
-    for name in MODELS:
-        m = json.loads((cfg.run_path / name / "metrics.json").read_text())
-        models[name] = {"macro": m["macro"], "micro": m["micro"], "test_loss": m["test_loss"],
-                        "n_test": m["n_test"], "encoder_weights_used": m["model"]["encoder_weights_used"],
-                        "resolution": m["resolution"]}
+    """results.json: every model's headline numbers (mean, sd and per seed, at the working and the
+    original resolution), settings, data source, device, versions, comparisons and figures."""
+    from .compare import paired_table
+    from .experiment import load_result
+
+    results = {name: load_result(cfg.run_path, name) for name in MODELS}
+    models = {name: {k: v for k, v in r["summary"].items() if k not in ("name", "data_source")}
+              for name, r in results.items()}
+    first = results[MODELS[1]]["runs"][0]
     return {"data_source": LABELS[source], "settings": notebook_parameters(cfg), "models": models,
-            "device": json.loads((cfg.run_path / MODELS[-1] / "history.json").read_text())["settings"]["device"],
+            "paired_original_jaccard": paired_table(results).reset_index().to_dict(orient="records"),
+            "encoder_weights_used": first["metrics"]["model"]["encoder_weights_used"],
+            "device": json.loads((cfg.run_path / MODELS[1] / f"seed{first['seed']}" / "history.json").read_text())[
+                "settings"]["device"],
             "environment": environment(), "notebook_seconds": timings,
             "figures": [str(cfg.figure(f)) for f in FIGURES]}
 
@@ -137,6 +144,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=d.batch_size)
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
+    p.add_argument("--seeds", type=int, default=d.seeds, help="train every model for this many seeds")
+    p.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation (reported separately)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--encoder-weights", default="auto",
                    help="auto (ImageNet if obtainable, else random, said loudly), imagenet (strict), none, or a .pth path")
@@ -154,7 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     cfg = RunConfig(data=args.data, data_dir=args.data_dir, synthetic_train=args.synthetic_train,
                     synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
-                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, device=args.device,
+                    batch_size=args.batch_size, lr=args.lr, seed=args.seed, seeds=args.seeds, device=args.device,
+                    tta=args.tta,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
     start = time.perf_counter()
@@ -164,10 +174,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 1
     print("wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["notebook_seconds"].items()))
-    m1, m2 = (results["models"][m]["macro"] for m in MODELS)
-    print(f"reproduce: {results['data_source']}, weights {results['models'][MODELS[1]]['encoder_weights_used']}: "
-          f"model 1 Dice {m1['dice']:.3f} IoU {m1['jaccard']:.3f}, model 2 Dice {m2['dice']:.3f} IoU "
-          f"{m2['jaccard']:.3f}; results in {cfg.run_path} in {time.perf_counter() - start:.0f} s")
+    scores = ", ".join(f"model {i} Dice {results['models'][m]['macro']['dice']['mean']:.3f} Jaccard(orig.) "
+                       f"{results['models'][m]['original']['jaccard']['mean']:.3f}" for i, m in enumerate(MODELS, 1))
+    print(f"reproduce: {results['data_source']}, weights {results['encoder_weights_used']}, "
+          f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} in {time.perf_counter() - start:.0f} s")
     return 0
 
 

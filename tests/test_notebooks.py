@@ -51,32 +51,46 @@ def _main_args(tmp_path, *extra):
 
 
 def test_headless_pipeline_writes_every_output(tmp_path, capsys):
-    assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 0
+    assert reproduce.main(_main_args(tmp_path, "--name", "t", "--seeds", "2", "--tta")) == 0
     out = capsys.readouterr().out
-    assert "wall time per notebook" in out and "SYNTHETIC" in out
+    assert "wall time per notebook" in out and "SYNTHETIC" in out and "2 seed(s)" in out
     run = tmp_path / "runs" / "t"
     for name in reproduce.FIGURES:
         with Image.open(tmp_path / "figures" / name) as img:
             img.verify()
             assert img.format == "PNG"
     results = json.loads((run / "results.json").read_text())
-    assert results["data_source"].startswith("SYNTHETIC")
-    assert results["settings"]["EPOCHS"] == 1 and results["device"] == "cpu"
+    assert results["data_source"].startswith("SYNTHETIC") and results["encoder_weights_used"] == "random"
+    assert results["settings"]["EPOCHS"] == 1 and results["settings"]["SEEDS"] == 2 and results["device"] == "cpu"
+    assert [r["comparison"] for r in results["paired_original_jaccard"]] == [
+        "Model 2 (fine-tuned encoder) - Model 1 (frozen encoder)",
+        "Model 3 (fine-tuned, U-Net decoder) - Model 2 (fine-tuned encoder)"]
+    for pair in results["paired_original_jaccard"]:
+        assert pair["ci_low"] <= pair["mean_difference"] <= pair["ci_high"] and pair["n_images"] == 8
     for model in reproduce.MODELS:
-        assert results["models"][model]["encoder_weights_used"] == "random"
-        assert all(math.isfinite(v) and 0 <= v <= 1 for v in results["models"][model]["macro"].values())
-        with open(run / model / "per_image.csv") as f:
-            rows = list(csv.DictReader(f))
-        assert len(rows) == 8
-        for r in rows:
-            j, d = float(r["jaccard"]), float(r["dice"])
-            assert d == pytest.approx(2 * j / (1 + j), abs=1e-9)
-        assert (run / model / "checkpoint.pt").is_file()
+        summary = results["models"][model]
+        assert summary["seeds"] == [0, 1]
+        for key in ("macro", "original", "original_tta"):
+            for metric, v in summary[key].items():
+                assert len(v["per_seed"]) == 2 and all(math.isfinite(x) and 0 <= x <= 1 for x in v["per_seed"])
+                assert v["mean"] == pytest.approx(sum(v["per_seed"]) / 2)
+        for seed in (0, 1):
+            folder = run / model / f"seed{seed}"
+            assert (folder / "checkpoint.pt").is_file()
+            for csv_path, n_masks in ((folder / "per_image.csv", 0), (folder / "original" / "per_image.csv", 8)):
+                with open(csv_path) as f:
+                    rows = list(csv.DictReader(f))
+                assert len(rows) == 8
+                for r in rows:
+                    j, d = float(r["jaccard"]), float(r["dice"])
+                    assert d == pytest.approx(2 * j / (1 + j), abs=1e-9)
+            assert len(list((folder / "original" / "masks").glob("ISIC_*_segmentation.png"))) == 8
+            assert json.loads((folder / "original_tta" / "summary.json").read_text())["tta"] is True
     for name in reproduce.NOTEBOOKS:
         executed = nbformat.read(run / "notebooks" / name, as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     html = (run / "report.html").read_text()
-    assert "Model 1 (frozen encoder)" in html and "data:image/png;base64" in html
+    assert "Model 3 (U-Net decoder)" in html and "data:image/png;base64" in html and "Gutman" in html
 
     # a finished run is never overwritten without --overwrite
     assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 1
