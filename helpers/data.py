@@ -248,13 +248,15 @@ class TensorSegmentation(Dataset):
 
     def __getitem__(self, i) -> dict:
         if isinstance(i, (int, np.integer)):
-            ids = self.ids[i]
-        else:  # a batch: a sequence (or 1-d tensor) of indices
-            i = torch.as_tensor(i, dtype=torch.int64)
-            ids = [self.ids[j] for j in i.tolist()]
-        item = {"image": self.images[i].float().div_(255), "id": ids, "size": self.sizes[i]}
+            item = {"image": self.images[i].float().div_(255), "id": self.ids[i], "size": self.sizes[i]}
+            if self.masks is not None:
+                item["mask"] = self.masks[i].float()
+            return item
+        i = torch.as_tensor(i, dtype=torch.int64)  # a batch; index_select is far faster than tensor[i] here
+        item = {"image": self.images.index_select(0, i).float().div_(255), "id": [self.ids[j] for j in i.tolist()],
+                "size": self.sizes.index_select(0, i)}
         if self.masks is not None:
-            item["mask"] = self.masks[i].float()
+            item["mask"] = self.masks.index_select(0, i).float()
         return item
 
 
