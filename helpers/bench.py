@@ -41,7 +41,7 @@ from .evaluate import evaluate_checkpoint
 from .io import write_json
 from .model import build_model
 from .synthetic import _size_arg, write_synthetic_dataset
-from .train import (load_checkpoint, make_loader, resolve_amp, resolve_channels_last, resolve_device, save_run,
+from .train import (amp_name, load_checkpoint, make_loader, resolve_amp, resolve_channels_last, resolve_device, save_run,
                     train_one_epoch)
 
 SWEEP = ((1024, 768), (2048, 1536), (4288, 2848))
@@ -173,7 +173,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
     settings = {"image_size": image_size, "batch_size": batch_size, "images": images, "test_images": test_images,
                 "steps": steps, "warmup": warmup, "seed": seed, "model": "model 2 (report decoder, fine-tuned, "
                 "random init)", "optimizer": "NAdam lr 0.001", "loss": "BCEWithLogitsLoss",
-                "amp": str(resolve_amp(amp, dev) or "off").removeprefix("torch."),
+                "amp": amp_name(amp, dev),
                 "channels_last": resolve_channels_last(channels_last, dev), "naive_num_workers": 0}
     out = {"settings": settings, "machine": machine_info(dev), "runs": []}
     start = time.perf_counter()

@@ -80,6 +80,12 @@ def resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | N
     raise ValueError(f"amp must be 'auto', True, False, 'bf16' or 'fp16', got {amp!r}")
 
 
+def amp_name(amp: bool | str | None, device: torch.device) -> str:
+    """"bfloat16", "float16" or "off": what :func:`resolve_amp` gives, as recorded in settings."""
+    dtype = resolve_amp(amp, device)
+    return "off" if dtype is None else str(dtype).removeprefix("torch.")
+
+
 def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
     """"auto": channels_last (NHWC) on CUDA, not on CPU; True / False as given."""
     if channels_last == "auto":
@@ -182,10 +188,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 "lr": lr, "seed": seed, "device": str(dev),
                 "optimizer": "NAdam", "loss": "BCEWithLogitsLoss", "n_train": len(train_set), "n_test": len(test_set)}
     precision = {"amp": amp, "channels_last": channels_last}
-    amp_dtype = resolve_amp(amp, dev)
-    scaler = torch.amp.GradScaler(dev.type) if amp_dtype is torch.float16 else None
-    settings.update(amp=str(amp_dtype).removeprefix("torch.") if amp_dtype else "off",
-                    channels_last=resolve_channels_last(channels_last, dev))
+    scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
+    settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
