@@ -41,7 +41,7 @@ from .evaluate import evaluate_checkpoint
 from .io import write_json
 from .model import build_model
 from .synthetic import _size_arg, write_synthetic_dataset
-from .train import (amp_name, load_checkpoint, make_loader, resolve_amp, resolve_channels_last, resolve_device, save_run,
+from .train import (amp_name, load_checkpoint, make_loader, resolve_channels_last, resolve_device, save_run,
                     train_one_epoch)
 
 SWEEP = ((1024, 768), (2048, 1536), (4288, 2848))
@@ -80,9 +80,7 @@ def train_throughput(batches, steps: int, warmup: int, device: torch.device, *, 
     torch.manual_seed(seed)
     model = build_model(False, encoder_weights=None).to(device)
     optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
-    dtype = resolve_amp(amp, device)
-    scaler = torch.amp.GradScaler(device.type) if dtype is torch.float16 else None
-    kw = {"amp": amp, "channels_last": channels_last, "scaler": scaler}
+    kw = {"amp": amp, "channels_last": channels_last}  # float16 gets a GradScaler inside train_one_epoch
     if warmup:
         train_one_epoch(model, itertools.islice(batches, warmup), optimizer, device, False, **kw)
     seen = []
