@@ -233,8 +233,10 @@ def load_cached(root, split: str, image_size: int = 128, cache_dir=None, workers
 class TensorSegmentation(Dataset):
     """Decoded split held in memory as uint8; items are float tensors.
 
-    item: {"image": 3 x S x S float in [0, 1], "mask": 1 x S x S float in {0, 1},
-           "id": str, "size": int64 tensor (height, width) of the original image}
+    item ``ds[i]``: {"image": 3 x S x S float in [0, 1], "mask": 1 x S x S float in {0, 1},
+                     "id": str, "size": int64 tensor (height, width) of the original image}
+    batch ``ds[[i, j, ...]]``: the same items as default collation stacks them (B x 3 x S x S,
+    B x 1 x S x S, list of B ids, B x 2), made with one gather and one float conversion.
     """
 
     def __init__(self, data: dict):
@@ -244,10 +246,17 @@ class TensorSegmentation(Dataset):
     def __len__(self) -> int:
         return len(self.ids)
 
-    def __getitem__(self, i: int) -> dict:
-        item = {"image": self.images[i].float().div_(255), "id": self.ids[i], "size": self.sizes[i]}
+    def __getitem__(self, i) -> dict:
+        if isinstance(i, (int, np.integer)):
+            item = {"image": self.images[i].float().div_(255), "id": self.ids[i], "size": self.sizes[i]}
+            if self.masks is not None:
+                item["mask"] = self.masks[i].float()
+            return item
+        i = torch.as_tensor(i, dtype=torch.int64)  # a batch; index_select is far faster than tensor[i] here
+        item = {"image": self.images.index_select(0, i).float().div_(255), "id": [self.ids[j] for j in i.tolist()],
+                "size": self.sizes.index_select(0, i)}
         if self.masks is not None:
-            item["mask"] = self.masks[i].float()
+            item["mask"] = self.masks.index_select(0, i).float()
         return item
 
 

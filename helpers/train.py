@@ -13,10 +13,11 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
 from . import metrics
+from .data import TensorSegmentation
 from .io import atomic_path, write_json
 from .model import SegmentationModel, build_model
 
@@ -40,44 +41,121 @@ def seed_everything(seed: int) -> torch.Generator:
 
 
 def make_loader(dataset: Dataset, batch_size: int, shuffle: bool, generator: torch.Generator | None = None,
-                device: torch.device | None = None) -> DataLoader:
-    """DataLoader over an in-memory dataset (no worker processes needed: items are slices)."""
+                device: torch.device | None = None, *, batched: bool | None = None,
+                num_workers: int = 0) -> DataLoader:
+    """DataLoader over ``dataset``; batches pinned in memory for a CUDA ``device``.
+
+    batched (None: True for a :class:`TensorSegmentation`): fetch each batch with one
+    ``dataset[indices]`` instead of ``batch_size`` items and a collate. The batches, their order
+    for a given ``generator`` and their values are exactly those of the per-item DataLoader.
+    num_workers: worker processes for datasets that decode files (in-memory data needs none).
+    """
     pin = device is not None and device.type == "cuda"
-    return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin)
+    if batched is None:
+        batched = isinstance(dataset, TensorSegmentation)
+    if not batched:
+        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=generator, pin_memory=pin,
+                          num_workers=num_workers)
+    # the sampler DataLoader itself would make, grouped into index lists; the loader draws its base
+    # seed from ``generator`` before the sampler draws its permutation, exactly as the per-item one does
+    order = RandomSampler(dataset, generator=generator) if shuffle else SequentialSampler(dataset)
+    return DataLoader(dataset, batch_size=None, sampler=BatchSampler(order, batch_size, drop_last=False),
+                      generator=generator, pin_memory=pin, num_workers=num_workers)
+
+
+def resolve_amp(amp: bool | str | None, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype for ``amp``, or None for full float32.
+
+    "auto": on for CUDA, off on CPU. True / "on": bfloat16 where supported (every CPU; CUDA when
+    torch.cuda.is_bf16_supported()), else float16. "bf16" / "fp16": that dtype. False / "off" / None: off.
+    """
+    if amp == "auto":
+        amp = device.type == "cuda"
+    if amp is None or amp is False or amp == "off":
+        return None
+    if amp is True or amp == "on":
+        return torch.float16 if device.type == "cuda" and not torch.cuda.is_bf16_supported() else torch.bfloat16
+    if amp in ("bf16", "fp16"):
+        return torch.bfloat16 if amp == "bf16" else torch.float16
+    raise ValueError(f"amp must be 'auto', True, False, 'bf16' or 'fp16', got {amp!r}")
+
+
+def amp_name(amp: bool | str | None, device: torch.device) -> str:
+    """"bfloat16", "float16" or "off": what :func:`resolve_amp` gives, as recorded in settings."""
+    dtype = resolve_amp(amp, device)
+    return "off" if dtype is None else str(dtype).removeprefix("torch.")
+
+
+def resolve_channels_last(channels_last: bool | str, device: torch.device) -> bool:
+    """"auto": channels_last (NHWC) on CUDA, not on CPU; True / False as given."""
+    if channels_last == "auto":
+        return device.type == "cuda"
+    if isinstance(channels_last, bool):
+        return channels_last
+    raise ValueError(f"channels_last must be 'auto', True or False, got {channels_last!r}")
+
+
+def _precision(model: nn.Module, device: torch.device, amp, channels_last):
+    """(autocast dtype or None, memory format of the inputs); converts the model to NHWC when asked."""
+    if resolve_channels_last(channels_last, device):
+        model.to(memory_format=torch.channels_last)  # in place, so the optimizer keeps its parameters
+        return resolve_amp(amp, device), torch.channels_last
+    return resolve_amp(amp, device), torch.preserve_format
 
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
-                    device: torch.device, progress: bool = True, desc: str = "train") -> float:
-    """One pass over ``loader``; returns the mean BCE-with-logits loss per pixel."""
+                    device: torch.device, progress: bool = True, desc: str = "train", *, amp="auto",
+                    channels_last="auto", scaler: torch.amp.GradScaler | None = None) -> float:
+    """One pass over ``loader``; returns the mean BCE-with-logits loss per pixel.
+
+    amp: mixed precision (:func:`resolve_amp`; "auto": on for CUDA only); float16 scales the loss
+    with ``scaler`` (made here when None: pass one to keep its scale from epoch to epoch).
+    channels_last: NHWC model and inputs (:func:`resolve_channels_last`; "auto": on for CUDA only).
+    The loss is summed on the device, so a step never waits for the GPU.
+    """
     model.train()
+    dtype, memory_format = _precision(model, device, amp, channels_last)
+    if dtype is torch.float16 and scaler is None:
+        scaler = torch.amp.GradScaler(device.type)
     loss_fn = nn.BCEWithLogitsLoss()
-    total, count = 0.0, 0
+    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
-        loss = loss_fn(model(x), y)
-        loss.backward()
-        optimizer.step()
-        total += loss.item() * len(x)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        loss = loss_fn(logits.float(), y)
+        if scaler is None:
+            loss.backward()
+            optimizer.step()
+        else:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        total += loss.detach().double() * len(x)
         count += len(x)
-    return total / count
+    return total.item() / count
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_probs: bool = False) -> dict:
+def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_probs: bool = False, *,
+             amp="auto", channels_last="auto") -> dict:
     """Loss and per-image confusion counts at the tensors' resolution.
 
     Returns {"loss": mean BCE per pixel, "counts": int64 N x 4 (TP, FP, FN, TN), "ids": [...],
-    and with keep_probs "probs": float16 N x 1 x S x S}.
+    and with keep_probs "probs": float16 N x 1 x S x S}. amp, channels_last: as in train_one_epoch.
     """
     model.eval()
+    dtype, memory_format = _precision(model, device, amp, channels_last)
     loss_fn = nn.BCEWithLogitsLoss(reduction="sum")
     total, pixels, counts, ids, probs = 0.0, 0, [], [], []
     for batch in loader:
-        x = batch["image"].to(device, non_blocking=True)
+        x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
-        logits = model(x)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            logits = model(x)
+        logits = logits.float()
         total += loss_fn(logits, y).item()
         pixels += y.numel()
         counts.append(metrics.confusion(metrics.binarize_logits(logits), y > 0.5).cpu())
@@ -92,12 +170,13 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_pr
 
 def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epochs: int = 25,
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
-        out_dir: str | Path | None = None, progress: bool = True, log=print) -> list[dict]:
+        out_dir: str | Path | None = None, progress: bool = True, log=print, amp="auto",
+        channels_last="auto") -> list[dict]:
     """Train with BCEWithLogitsLoss and NAdam; evaluate on ``test_set`` after every epoch.
 
     Returns the history: one dict per epoch with train_loss, test_loss, test_iou (macro Jaccard),
     test_dice (macro Dice) and seconds. With ``out_dir``, writes history.json and checkpoint.pt
-    there (atomically) at the end.
+    there (atomically) at the end. amp, channels_last: see :func:`train_one_epoch` (on for CUDA).
     """
     dev = resolve_device(device)
     generator = seed_everything(seed)
@@ -108,12 +187,16 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     settings = {"image_size": int(train_set[0]["image"].shape[-1]), "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "seed": seed, "device": str(dev),
                 "optimizer": "NAdam", "loss": "BCEWithLogitsLoss", "n_train": len(train_set), "n_test": len(test_set)}
+    precision = {"amp": amp, "channels_last": channels_last}
+    scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
+    settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
     start = time.perf_counter()
     for epoch in range(1, epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}")
-        ev = evaluate(model, test_loader, dev)
+        train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
+                                     scaler=scaler, **precision)
+        ev = evaluate(model, test_loader, dev, **precision)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
                "test_iou": float(metrics.jaccard(ev["counts"], "macro")),
                "test_dice": float(metrics.dice(ev["counts"], "macro")),

@@ -82,3 +82,86 @@ def test_device_resolution():
     if not torch.cuda.is_available():
         with pytest.raises(RuntimeError, match="no CUDA GPU"):
             train.resolve_device("cuda")
+
+
+def _batches(loader, epochs=2):
+    return [batch for _ in range(epochs) for batch in loader]
+
+
+@pytest.mark.parametrize("shuffle", [True, False])
+def test_fast_batched_loader_gives_the_same_batches_as_the_per_item_loader(splits, shuffle):
+    ds = splits[0]  # 6 images, batch 4: a full and a partial batch per epoch
+    fast = train.make_loader(ds, 4, shuffle, torch.Generator().manual_seed(5))
+    plain = train.make_loader(ds, 4, shuffle, torch.Generator().manual_seed(5), batched=False)
+    assert fast.batch_size is None and plain.batch_size == 4 and len(fast) == len(plain) == 2
+    a, b = _batches(fast), _batches(plain)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and x["id"] == y["id"]
+        for key in ("image", "mask", "size"):
+            assert x[key].dtype == y[key].dtype and torch.equal(x[key], y[key])
+    if shuffle:  # two epochs, two different orders, the same for the same seed
+        assert a[0]["id"] + a[1]["id"] != a[2]["id"] + a[3]["id"]
+
+
+def test_dataset_batch_indexing_equals_its_items(splits):
+    ds = splits[0]
+    batch = ds[[4, 1]]
+    assert batch["id"] == [ds[4]["id"], ds[1]["id"]]
+    assert torch.equal(batch["image"], torch.stack([ds[4]["image"], ds[1]["image"]]))
+    assert torch.equal(batch["mask"][1], ds[1]["mask"]) and torch.equal(batch["size"][0], ds[4]["size"])
+
+
+def test_training_results_do_not_change_with_the_cache(tiny_isic, tmp_path):
+    """The cached tensors (fast batched loader) and the files decoded per item train identically."""
+    cached = (data.load_dataset(tiny_isic, "train", 32, tmp_path / "cache", progress=False),
+              data.load_dataset(tiny_isic, "test", 32, tmp_path / "cache", progress=False))
+    files = (data.FileSegmentation(tiny_isic, "train", 32), data.FileSegmentation(tiny_isic, "test", 32))
+    h_cached, h_files = _fit(cached, tmp_path / "a", epochs=1)[1], _fit(files, tmp_path / "b", epochs=1)[1]
+    for key in ("train_loss", "test_loss", "test_iou", "test_dice"):
+        assert h_cached[0][key] == pytest.approx(h_files[0][key], rel=1e-6, abs=1e-9)
+
+
+def test_amp_and_channels_last_resolve_per_device(monkeypatch):
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.resolve_amp("auto", cpu) is None and train.resolve_channels_last("auto", cpu) is False
+    assert train.resolve_amp(True, cpu) is torch.bfloat16 and train.resolve_amp("fp16", cpu) is torch.float16
+    assert train.resolve_amp(False, cuda) is None and train.resolve_channels_last("auto", cuda) is True
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
+    assert train.resolve_amp("auto", cuda) is torch.bfloat16
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
+    assert train.resolve_amp("auto", cuda) is torch.float16
+    with pytest.raises(ValueError, match="amp must be"):
+        train.resolve_amp("yes", cpu)
+    with pytest.raises(ValueError, match="channels_last must be"):
+        train.resolve_channels_last("on", cpu)
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_and_channels_last_train_on_cpu(splits, amp):
+    """The GPU code paths (autocast, GradScaler for fp16, NHWC) run on CPU: right shapes, finite losses."""
+    torch.manual_seed(0)
+    model = build_model(False, encoder_weights=None)
+    optimizer = torch.optim.NAdam(model.parameters(), lr=1e-3)
+    dev = torch.device("cpu")
+    loader = train.make_loader(splits[0], 4, True, torch.Generator().manual_seed(0))
+    before = [p.detach().clone() for p in model.parameters()]
+    loss = train.train_one_epoch(model, loader, optimizer, dev, False, amp=amp, channels_last=True)
+    assert math.isfinite(loss) and loss > 0
+    assert model.head.weight.is_contiguous(memory_format=torch.channels_last)
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))  # the steps were taken
+    ev = train.evaluate(model, train.make_loader(splits[1], 3, False), dev, keep_probs=True, amp=amp,
+                        channels_last=True)
+    assert math.isfinite(ev["loss"]) and ev["counts"].shape == (4, 4) and ev["probs"].shape == (4, 1, 32, 32)
+    assert (ev["counts"].sum(1) == 32 * 32).all()
+
+
+def test_fit_records_precision_settings(splits, tmp_path):
+    torch.manual_seed(0)
+    history = train.fit(build_model(False, encoder_weights=None), *splits, epochs=1, batch_size=4, device="cpu",
+                        out_dir=tmp_path, progress=False, log=None, amp=True, channels_last=True)
+    assert math.isfinite(history[0]["train_loss"])
+    settings = json.loads((tmp_path / "history.json").read_text())["settings"]
+    assert settings["amp"] == "bfloat16" and settings["channels_last"] is True
+    _, default = _fit(splits, tmp_path / "default", epochs=1)
+    assert json.loads((tmp_path / "default" / "history.json").read_text())["settings"]["amp"] == "off"

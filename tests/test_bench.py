@@ -1,0 +1,33 @@
+import json
+import math
+
+from helpers import bench
+
+
+def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys):
+    out = tmp_path / "out" / "bench.json"
+    assert bench.main(["--images", "8", "--test-images", "2", "--source-size", "320x240", "--steps", "2",
+                       "--warmup", "1", "--batch-size", "4", "--image-size", "64", "--device", "cpu",
+                       "--json", str(out), "--quiet"]) == 0
+    result = json.loads(out.read_text())
+    assert [r["source_size"] for r in result["runs"]] == [[320, 240]]
+    run = result["runs"][0]
+    figures = [*run["images_per_s"].values(), run["pipeline_over_compute"], run["pipeline_over_naive"],
+               run["cache_build_s"], run["cache_mb"], run["cache_mb_per_image"], run["peak_rss_mb"],
+               run["eval_original_resolution_images_per_s"], result["peak_rss_mb"]]
+    assert set(run["images_per_s"]) == {"compute", "pipeline", "naive"}
+    assert all(math.isfinite(v) and v > 0 for v in figures)
+    assert run["cache_mb"] >= run["cache_raw_uint8_mb"] == 8 * 4 * 64 * 64 / 1e6  # uint8 images + masks
+    assert result["settings"]["steps"] == 2 and result["settings"]["amp"] == "off"
+    machine = result["machine"]
+    assert machine["device"] == "cpu" and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
+    printed = capsys.readouterr().out
+    assert "pipeline/compute" in printed and printed.strip().splitlines()[-1].startswith("bench: ")
+    assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # written atomically
+
+
+def test_bench_rejects_bad_settings_in_one_line(tmp_path, capsys):
+    assert bench.main(["--steps", "0", "--json", str(tmp_path / "b.json")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: bench: steps must be at least 1") and err.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()
