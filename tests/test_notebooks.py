@@ -236,3 +236,14 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
     lines.clear()
     reproduce.reproduce(cfg, html=False, log=lines.append)
     assert any("unfinished run found" in x for x in lines) and len(list(tmp_path.joinpath("runs").iterdir())) == 2
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "reproduce", interrupted)
+    assert reproduce.main(_main_args(tmp_path, "--name", "c")) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: rerun the same command to resume") and err.count("\n") == 1
+    assert str(tmp_path / "runs" / "c") in err and "Traceback" not in err
