@@ -371,7 +371,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     report = check_dataset(args.root, progress=not args.quiet)
     print(format_check(report))
-    return 1 if report["problems"] else 0
+    if report["problems"]:
+        first = " ".join(report["problems"][0].split())
+        print(f"error: {args.root}: {len(report['problems'])} problem(s) (listed above), the first: {first}",
+              file=sys.stderr)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -15,3 +15,11 @@ class DownloadError(ProjectError, RuntimeError):
 
 class WeightsError(ProjectError, RuntimeError):
     """Encoder weights were asked for but cannot be had."""
+
+
+class RunStateError(ProjectError, ValueError):
+    """A run folder's saved training cannot be resumed: other settings, or an unreadable file."""
+
+
+class TrainingDiverged(ProjectError, ArithmeticError):
+    """The training loss became NaN or infinite; the message names the epoch and the batch."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import platform
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -88,7 +89,11 @@ def isic_present(root: Path) -> bool:
 
 
 def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
-    """Which data this run uses and where; generates the synthetic set on first use."""
+    """Which data this run uses and where; generates the synthetic set on first use.
+
+    "auto" falls back to the synthetic set only when no data folder was named: a named folder
+    without the ISIC layout is an error.
+    """
     if cfg.data in ("auto", "isic2016"):
         root = _under_root(cfg.data_dir) if cfg.data_dir else paths.ISIC2016
         if isic_present(root):
@@ -96,6 +101,11 @@ def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
         if cfg.data == "isic2016":
             raise DataError(f"{root}: ISIC 2016 Part 1 data not found; download it with `make data` "
                             f"(python -m helpers.data download {root})")
+        if cfg.data_dir:  # a folder named by the user is never swapped for the synthetic set
+            missing = next(f for pair in data_mod.SPLITS.values() for f in pair if not (root / f).is_dir())
+            raise DataError(f"{root}: not a data folder in the ISIC 2016 Part 1 layout (no {missing} folder"
+                            f"{'' if root.is_dir() else '; the folder does not exist'}); pass --data synthetic to "
+                            "write the demo set there")
     root = _under_root(cfg.data_dir) if cfg.data_dir and cfg.data == "synthetic" else paths.SYNTHETIC
     from .synthetic import write_synthetic_dataset
 
@@ -114,6 +124,18 @@ def prepare_data(cfg: RunConfig) -> Data:
     print(f"data: {LABELS[source]} from {root}: {len(train)} train / {len(test)} test images at "
           f"{cfg.image_size}x{cfg.image_size}")
     return Data(source, root, train, test)
+
+
+def check_data(cfg: RunConfig, root: Path, log=print) -> None:
+    """Decode both splits (through the cache the notebooks then reuse): a bad file fails here, at
+    once and named, before any notebook runs. Conversions are logged as one-line notes."""
+    cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", data_mod.DataWarning)
+        for split in data_mod.SPLITS:
+            data_mod.load_cached(root, split, cfg.image_size, cache, progress=cfg.progress)
+    for w in caught:
+        log(f"note: {w.message}")
 
 
 def dataset_summary(d: Data) -> dict:

@@ -7,19 +7,25 @@ and metrics, ``results.json`` (every headline number with the settings, versions
 source) and ``report.html`` (all executed notebooks in one page); and every figure as PNG into
 ``figures/``. A failing notebook stops the run, naming the notebook and the cell; its partial
 executed copy stays in ``runs/<name>/notebooks/`` for inspection.
+
+Rerunning the same command after an interruption resumes: finished trainings are reused and an
+interrupted one continues after its last complete epoch (:mod:`helpers.checkpoint`). A finished
+run (results.json) is refused unless ``--overwrite``, which first moves the old run folder aside to
+``<name>.replaced-<date>-<time>`` (nothing is deleted).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import LABELS, RunConfig, environment, resolve_source
+from .experiment import LABELS, RunConfig, check_data, environment, resolve_source
 from .io import write_json, write_text
 from .model import load_encoder_features
 from .train import resolve_device
@@ -101,6 +107,19 @@ def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
             "figures": [str(cfg.figure(f)) for f in FIGURES]}
 
 
+def set_aside(run: Path, log=print) -> Path | None:
+    """Move an earlier run folder to ``<name>.replaced-<date>-<time>`` beside it; return where."""
+    if not run.exists():
+        return None
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    backup, n = run.with_name(f"{run.name}.replaced-{stamp}"), 1
+    while backup.exists():
+        backup, n = run.with_name(f"{run.name}.replaced-{stamp}-{n}"), n + 1
+    os.replace(run, backup)
+    log(f"--overwrite: moved the earlier {run} to {backup} (delete it by hand when no longer needed)")
+    return backup
+
+
 def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print,
               notebooks_dir: Path = paths.NOTEBOOKS) -> dict:
     """Run the notebooks for ``cfg`` and write results.json and report.html under its run folder."""
@@ -113,8 +132,14 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
     source, root = resolve_source(cfg)  # fails at once when ISIC 2016 is asked for and absent
     log(f"data: {LABELS[source]} ({root})")
+    check_data(cfg, root, log)
     if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
         log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
+    if overwrite:
+        set_aside(run, log)  # its saved training must not be resumed
+    elif run.exists():
+        log(f"{run}: unfinished run found: finished trainings are reused, an interrupted one resumes after its "
+            "last complete epoch (--overwrite starts afresh)")
     cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
@@ -153,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runs-dir", default=str(paths.RUNS))
     p.add_argument("--figures-dir", default=str(paths.FIGURES))
     p.add_argument("--cache-dir", default=str(paths.CACHE))
-    p.add_argument("--overwrite", action="store_true", help="replace a finished run of the same name")
+    p.add_argument("--overwrite", action="store_true",
+                   help="start afresh: move runs/NAME aside to NAME.replaced-<date>-<time>, then run")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
     return p
 
@@ -171,8 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
     except (ProjectError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1
+    except KeyboardInterrupt:
+        print(f"interrupted: rerun the same command to resume {cfg.run_path} (finished trainings are reused, an "
+              "interrupted one resumes after its last complete epoch)", file=sys.stderr)
+        return 130
     print("wall time per notebook: " + ", ".join(f"{k} {v:.0f} s" for k, v in results["notebook_seconds"].items()))
     scores = ", ".join(f"model {i} Dice {results['models'][m]['macro']['dice']['mean']:.3f} Jaccard(orig.) "
                        f"{results['models'][m]['original']['jaccard']['mean']:.3f}" for i, m in enumerate(MODELS, 1))

@@ -5,7 +5,6 @@ Every setting is an argument; the settings are saved inside the checkpoint next 
 
 from __future__ import annotations
 
-import json
 import random
 import time
 from pathlib import Path
@@ -16,10 +15,11 @@ from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from . import metrics
+from . import checkpoint, metrics
+from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (imported from here too)
 from .data import TensorSegmentation
-from .io import atomic_path, write_json
-from .model import SegmentationModel, build_model
+from .errors import TrainingDiverged
+from .model import SegmentationModel
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -111,14 +111,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     amp: mixed precision (:func:`resolve_amp`; "auto": on for CUDA only); float16 scales the loss
     with ``scaler`` (made here when None: pass one to keep its scale from epoch to epoch).
     channels_last: NHWC model and inputs (:func:`resolve_channels_last`; "auto": on for CUDA only).
-    The loss is summed on the device, so a step never waits for the GPU.
+    Batch losses stay on the device (a step never waits for the GPU) and are checked at the end of
+    the epoch: a NaN or infinite one raises TrainingDiverged naming the first such batch.
     """
     model.train()
     dtype, memory_format = _precision(model, device, amp, channels_last)
     if dtype is torch.float16 and scaler is None:
         scaler = torch.amp.GradScaler(device.type)
     loss_fn = nn.BCEWithLogitsLoss()
-    total, count = torch.zeros((), dtype=torch.float64, device=device), 0
+    losses, sizes = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
@@ -133,9 +134,14 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
-        total += loss.detach().double() * len(x)
-        count += len(x)
-    return total.item() / count
+        losses.append(loss.detach())
+        sizes.append(len(x))
+    values = torch.stack(losses).double().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        number = int(bad[0]) + 1
+        raise TrainingDiverged(f"batch {number} of {len(values)}: training loss is {values[number - 1].item()}")
+    return float((values * torch.tensor(sizes, dtype=torch.float64)).sum()) / sum(sizes)
 
 
 @torch.no_grad()
@@ -170,13 +176,19 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_pr
 
 def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epochs: int = 25,
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
-        out_dir: str | Path | None = None, progress: bool = True, log=print, amp="auto",
-        channels_last="auto") -> list[dict]:
+        out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
+        amp="auto", channels_last="auto") -> list[dict]:
     """Train with BCEWithLogitsLoss and NAdam; evaluate on ``test_set`` after every epoch.
 
     Returns the history: one dict per epoch with train_loss, test_loss, test_iou (macro Jaccard),
-    test_dice (macro Dice) and seconds. With ``out_dir``, writes history.json and checkpoint.pt
-    there (atomically) at the end. amp, channels_last: see :func:`train_one_epoch` (on for CUDA).
+    test_dice (macro Dice) and seconds. With ``out_dir``, writes last.pt after every epoch and
+    history.json and checkpoint.pt at the end (all atomically; see :mod:`helpers.checkpoint`). A
+    rerun with the same ``out_dir`` and settings resumes after the last complete epoch, with the
+    same history and weights as an uninterrupted run on the CPU; a finished run is loaded into
+    ``model``, not retrained. Other saved settings raise RunStateError; ``overwrite=True`` retrains.
+    A NaN or infinite training loss raises TrainingDiverged, leaving last.pt of the last good epoch.
+    amp, channels_last: see :func:`train_one_epoch` (on for CUDA). The float16 GradScaler's state
+    is not saved, so resuming an fp16 GPU run is close to, not bit-identical with, an uninterrupted one.
     """
     dev = resolve_device(device)
     generator = seed_everything(seed)
@@ -191,17 +203,29 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
+    if out_dir is not None:
+        history, finished = checkpoint.start_or_resume(out_dir, model, optimizer, generator, settings, overwrite, log)
+        if finished:
+            return history
     start = time.perf_counter()
-    for epoch in range(1, epochs + 1):
+    for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
-        train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
-                                     scaler=scaler, **precision)
+        try:
+            train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
+                                         scaler=scaler, **precision)
+        except TrainingDiverged as exc:
+            kept = (f"the last good state (after epoch {len(history)}) is kept in {Path(out_dir) / checkpoint.STATE}"
+                    if out_dir is not None and history else "nothing was saved")
+            raise TrainingDiverged(f"training diverged at epoch {epoch}, {exc}; {kept}; lower the learning rate "
+                                   f"(lr {lr}) or check the data") from None
         ev = evaluate(model, test_loader, dev, **precision)
         row = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
                "test_iou": float(metrics.jaccard(ev["counts"], "macro")),
                "test_dice": float(metrics.dice(ev["counts"], "macro")),
                "seconds": time.perf_counter() - t0}
         history.append(row)
+        if out_dir is not None:
+            checkpoint.save_state(out_dir, model, optimizer, history, settings, generator)
         if log:
             log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  test loss {ev['loss']:.4f}  "
                 f"IoU {row['test_iou']:.3f}  Dice {row['test_dice']:.3f}  ({row['seconds']:.1f} s)")
@@ -212,26 +236,3 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     if out_dir is not None:
         save_run(out_dir, model, settings, history)
     return history
-
-
-def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, history: list[dict]) -> None:
-    """history.json and checkpoint.pt (weights, model config, settings, history), atomically."""
-    out_dir = Path(out_dir)
-    write_json(out_dir / "history.json", {"settings": settings, "model": model.config, "history": history})
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    with atomic_path(out_dir / "checkpoint.pt") as tmp:
-        torch.save({"model": state, "config": model.config, "settings": settings, "history": history}, tmp)
-
-
-def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SegmentationModel, dict]:
-    """Rebuild the model saved by :func:`save_run` (no weight download needed), in eval mode, and the checkpoint dict."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
-    cfg = ckpt["config"]
-    model = build_model(cfg["freeze_encoder"], encoder_weights=None, decoder=cfg["decoder"])
-    model.load_state_dict(ckpt["model"])
-    model.config = cfg
-    return model.to(device).eval(), ckpt
-
-
-def read_history(path: str | Path) -> list[dict]:
-    return json.loads(Path(path).read_text())["history"]

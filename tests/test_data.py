@@ -184,3 +184,124 @@ def test_check_command_lists_problems_and_fails(tiny_isic, capsys):
 def test_check_command_on_missing_root(tmp_path, capsys):
     assert data.main(["check", str(tmp_path / "missing"), "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().out
+
+
+def test_rgba_image_is_converted_with_a_note(tiny_isic):
+    img = tiny_isic / SPLITS["test"][0] / "ISIC_0000006.jpg"
+    Image.open(img).convert("RGBA").save(img.with_suffix(".png"))
+    img.unlink()
+    with pytest.warns(DataWarning, match="ISIC_0000006.png: RGBA image converted to RGB"):
+        d = data.load_cached(tiny_isic, "test", image_size=16, progress=False)
+    assert d["images"].shape == (4, 3, 16, 16)
+
+
+def test_rgb_mask_with_jpeg_like_grey_levels_is_binarised_with_one_note(tiny_isic):
+    path = tiny_isic / SPLITS["test"][1] / "ISIC_0000006_Segmentation.png"
+    grey = np.zeros((36, 48), np.uint8)
+    grey[:, :12], grey[:, 12:24], grey[:, 24:36], grey[:, 36:] = 3, 128, 129, 251  # JPEG-like ringing
+    Image.fromarray(np.stack([grey] * 3, -1)).save(path)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        d = data.load_cached(tiny_isic, "test", image_size=48, progress=False)
+    messages = [str(w.message) for w in caught]
+    assert len(messages) == 2  # one note on the conversion, one counting the non-binary masks
+    assert "ISIC_0000006_Segmentation.png: RGB mask converted to grayscale" in messages[0]
+    assert "1 of 4 masks are not strictly 0/255; binarised at value > 128" in messages[1]
+    assert d["masks"][0, 0, :, :24].sum() == 0 and d["masks"][0, 0, :, 24:].all()
+
+
+def _truncate(root, tmp):
+    path = root / SPLITS["train"][0] / "ISIC_0000003.jpg"
+    path.write_bytes(path.read_bytes()[:300])
+    return root, "train", "ISIC_0000003.jpg: unreadable or truncated image file"
+
+
+def _garbage(root, tmp):
+    (root / SPLITS["train"][0] / "ISIC_0000003.jpg").write_bytes(b"this is not a jpeg")
+    return root, "train", "ISIC_0000003.jpg: unreadable or truncated image file"
+
+
+def _mask_size(root, tmp):
+    Image.new("L", (10, 10)).save(root / SPLITS["test"][1] / "ISIC_0000007_Segmentation.png")
+    return root, "test", "ISIC_0000007_Segmentation.png: mask is 10x10 but its image ISIC_0000007.jpg is 48x36"
+
+
+def _image_without_mask(root, tmp):
+    (root / SPLITS["train"][1] / "ISIC_0000001_Segmentation.png").unlink()
+    return root, "train", f"1 image(s) without a mask in {root / SPLITS['train'][1]}: ISIC_0000001.jpg"
+
+
+def _mask_without_image(root, tmp):
+    (root / SPLITS["train"][0] / "ISIC_0000004.jpg").unlink()
+    return root, "train", f"1 mask(s) without an image in {root / SPLITS['train'][0]}: ISIC_0000004_Segmentation.png"
+
+
+def _duplicate(root, tmp):
+    folder = root / SPLITS["train"][0]
+    (folder / "ISIC_0000002.png").write_bytes((folder / "ISIC_0000002.jpg").read_bytes())
+    return root, "train", "ISIC_0000002.png: duplicate id ISIC_0000002"
+
+
+def _empty_split(root, tmp):
+    for f in (root / SPLITS["test"][0]).iterdir():
+        f.unlink()
+    return root, "test", "Test_Data: no ISIC images (ISIC_XXXXXXX.jpg) in this folder: the test split is empty"
+
+
+def _empty_folder(root, tmp):
+    (tmp / "empty").mkdir()
+    return tmp / "empty", "test", str(tmp / "empty")
+
+
+def _missing_path(root, tmp):
+    return tmp / "nowhere", "test", str(tmp / "nowhere")
+
+
+FAULTS = {"truncated jpeg": _truncate, "not a jpeg": _garbage, "mask of another size": _mask_size,
+          "image without mask": _image_without_mask, "mask without image": _mask_without_image,
+          "duplicate id": _duplicate, "empty split": _empty_split, "empty folder": _empty_folder,
+          "path that does not exist": _missing_path}
+
+
+def _one_error_line(err, needle):
+    print(err, end="")
+    assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+    assert needle in err
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+def test_every_data_fault_is_one_named_error_line_in_each_command(tiny_isic, tmp_path, capsys, fault):
+    from helpers import evaluate, reproduce, train
+    from helpers.model import build_model
+
+    root, split, needle = FAULTS[fault](tiny_isic, tmp_path)
+    assert data.main(["check", str(root), "--quiet"]) == 1  # python -m helpers.data check
+    captured = capsys.readouterr()
+    assert needle in captured.out  # the full report lists every problem
+    _one_error_line(captured.err, needle)
+
+    args = ["--data", "isic2016" if root == tiny_isic else "auto", "--data-dir", str(root), "--image-size", "16",
+            "--epochs", "1", "--device", "cpu", "--encoder-weights", "none", "--runs-dir", str(tmp_path / "runs"),
+            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--name", "f"]
+    assert reproduce.main(args) == 1  # python -m helpers.reproduce: fails before any notebook runs
+    _one_error_line(capsys.readouterr().err, needle)
+    assert not (tmp_path / "runs").exists()
+
+    train.save_run(tmp_path / "ckpt", build_model(False, encoder_weights=None), {"image_size": 16}, [])
+    out = ["--checkpoint", str(tmp_path / "ckpt" / "checkpoint.pt"), "--data-dir", str(root), "--split", split,
+           "--out", str(tmp_path / "eval"), "--quiet"]
+    assert evaluate.main(out) == 1  # python -m helpers.evaluate
+    _one_error_line(capsys.readouterr().err, needle)
+
+
+def test_conversions_are_one_line_notes_before_the_notebooks_run(tiny_isic, tmp_path):
+    from helpers.experiment import RunConfig, check_data
+
+    img = tiny_isic / SPLITS["train"][0] / "ISIC_0000000.jpg"
+    Image.open(img).convert("L").save(img)
+    (tiny_isic / SPLITS["train"][0] / "notes.txt").write_text("x")
+    lines = []
+    check_data(RunConfig(image_size=16, cache_dir=str(tmp_path / "cache"), progress=False), tiny_isic, lines.append)
+    assert len(lines) == 2 and all(line.startswith("note: ") and "\n" not in line for line in lines)
+    assert "ignored 1 file(s) that are not ISIC image files: notes.txt" in lines[0]
+    assert "ISIC_0000000.jpg: L image converted to RGB" in lines[1]

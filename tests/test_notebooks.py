@@ -3,17 +3,21 @@
 import csv
 import json
 import math
+import os
 import subprocess
 import sys
+import time
 
 import nbformat
 import pytest
+import torch
 from PIL import Image
 
 from helpers import reproduce
+from helpers.errors import ProjectError
 from helpers.experiment import RunConfig
 
-from nbtiny import NOTEBOOKS, is_checked, parameterized_copies, tiny_parameters
+from nbtiny import NOTEBOOKS, ROOT, is_checked, parameterized_copies, tiny_parameters
 
 
 def test_notebooks_are_committed_thin():
@@ -137,3 +141,109 @@ def test_asking_for_absent_isic_data_fails_at_once(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "make data" in err and "no-isic" in err
     assert not (tmp_path / "runs" / "x").exists()
+
+
+def _kill_tree(pid):
+    """SIGKILL a process and every descendant at once (papermill's kernels run in sessions of their own)."""
+    import psutil  # installed with ipython
+
+    try:
+        procs = [psutil.Process(pid), *psutil.Process(pid).children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in procs:
+        try:
+            proc.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(procs, timeout=30)
+
+
+def test_killed_pipeline_resumes_to_the_same_model2_history(tmp_path):
+    args = _main_args(tmp_path, "--no-html")
+    args[args.index("--epochs") + 1] = "3"
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    for attempt in range(3):  # the kill must land while model 2 trains; retried, never flaky
+        name = f"killed{attempt}"
+        folder = tmp_path / "runs" / name / "model2_finetuned" / "seed0"
+        with open(tmp_path / f"{name}.log", "w") as out:
+            proc = subprocess.Popen([sys.executable, "-m", "helpers.reproduce", *args, "--name", name], cwd=ROOT,
+                                    env=env, stdout=out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not (folder / "last.pt").exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        _kill_tree(proc.pid)
+        proc.wait()
+        if (folder / "last.pt").exists() and not (folder / "checkpoint.pt").exists():
+            break
+    else:
+        pytest.fail("could not kill the run while model 2 was training:\n" + (tmp_path / f"{name}.log").read_text())
+    epoch = torch.load(folder / "last.pt", weights_only=True)["epoch"]
+    assert 1 <= epoch < 3
+
+    rerun = subprocess.run([sys.executable, "-m", "helpers.reproduce", *args, "--name", name], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=900)
+    assert rerun.returncode == 0, rerun.stdout[-3000:] + rerun.stderr[-3000:]
+    assert "unfinished run found" in rerun.stdout
+    outputs = lambda nb: " ".join(o.get("text", "") for c in nbformat.read(tmp_path / "runs" / name / "notebooks" / nb,
+                                                                          as_version=4).cells for o in c.get("outputs", []))
+    assert "reused the finished training" in outputs("02_model1_frozen_encoder.ipynb")
+    assert f"resuming after epoch {epoch} of 3" in outputs("03_model2_finetuned.ipynb")
+    assert not (folder / "last.pt").exists()
+
+    # the same settings, uninterrupted: notebook 03 alone, into another run folder
+    p = tiny_parameters(tmp_path)
+    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
+                    epochs=3, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(tmp_path / "runs" / "ref"),
+                    figures_dir=str(tmp_path / "ref-figures"), cache_dir=p["CACHE_DIR"], progress=False)
+    reproduce.run_notebook(NOTEBOOKS[2], tmp_path / "ref.ipynb", reproduce.notebook_parameters(cfg))
+    reference = tmp_path / "runs" / "ref" / "model2_finetuned" / "seed0"
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    history = json.loads((folder / "history.json").read_text())
+    assert strip(history["history"]) == strip(json.loads((reference / "history.json").read_text())["history"])
+    resumed = torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+    uninterrupted = torch.load(reference / "checkpoint.pt", weights_only=True)["model"]
+    assert all(torch.equal(v, uninterrupted[k]) for k, v in resumed.items())
+
+
+def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkeypatch):
+    run = tmp_path / "runs" / "o"
+    (run / "model2_finetuned" / "seed0").mkdir(parents=True)
+    (run / "model2_finetuned" / "seed0" / "last.pt").write_bytes(b"an earlier run's state")
+    (run / "results.json").write_text("{}")
+    seen = []
+
+    def fake_notebook(source, output, parameters):
+        seen.append((source.name, sorted(p.name for p in run.rglob("*"))))
+        return 0.0
+
+    monkeypatch.setattr(reproduce, "run_notebook", fake_notebook)
+    monkeypatch.setattr(reproduce, "collect_results", lambda *a: {})
+    p = tiny_parameters(tmp_path)
+    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
+                    epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(run),
+                    figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+    with pytest.raises(ProjectError, match="holds a finished run: pass --overwrite"):
+        reproduce.reproduce(cfg, html=False, log=lambda *a: None)
+    lines = []
+    reproduce.reproduce(cfg, overwrite=True, html=False, log=lines.append)
+    (backup,) = tmp_path.joinpath("runs").glob("o.replaced-*")
+    assert (backup / "model2_finetuned" / "seed0" / "last.pt").read_bytes() == b"an earlier run's state"
+    assert (backup / "results.json").is_file() and any(f"moved the earlier {run} to {backup}" in x for x in lines)
+    assert [name for name, _ in seen] == list(reproduce.NOTEBOOKS) and all(files == [] for _, files in seen)
+    # an unfinished run folder (no results.json) is kept and resumed, not moved
+    (run / "results.json").unlink()
+    lines.clear()
+    reproduce.reproduce(cfg, html=False, log=lines.append)
+    assert any("unfinished run found" in x for x in lines) and len(list(tmp_path.joinpath("runs").iterdir())) == 2
+
+
+def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(reproduce, "reproduce", interrupted)
+    assert reproduce.main(_main_args(tmp_path, "--name", "c")) == 130
+    err = capsys.readouterr().err
+    assert err.startswith("interrupted: rerun the same command to resume") and err.count("\n") == 1
+    assert str(tmp_path / "runs" / "c") in err and "Traceback" not in err

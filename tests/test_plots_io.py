@@ -46,3 +46,24 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
     assert path.read_text().strip().replace(" ", "").replace("\n", "") == '{"a":1}'
     assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
     assert oct(path.stat().st_mode & 0o777) != oct(0o600)
+
+
+def test_outputs_are_written_only_through_temporary_names():
+    """Every figure, CSV, JSON, mask, cache and checkpoint goes to a temporary name first (helpers.io):
+    a crash mid-write leaves the old file or none, never half a file. The only plain writes are the
+    downloader's resumable .part file and its extraction into a temporary folder (renamed after)."""
+    import re
+    from pathlib import Path
+
+    helpers_dir = Path(io.__file__).parent
+    for path in sorted(helpers_dir.glob("*.py")):
+        if path.name == "io.py":
+            continue
+        source = path.read_text()
+        targets = (re.findall(r"torch\.save\(.*?,\s*(\w+)\)", source, re.S)  # its last argument
+                   + re.findall(r"(?:\.savefig|(?<!torch)\.save)\(\s*(\w+)", source))
+        assert all(t == "tmp" for t in targets), f"{path.name} writes {targets} directly"
+        assert not re.search(r"\.write_(text|bytes)\(", source), f"{path.name}: use helpers.io"
+        opened = re.findall(r"\bopen\(([^)]*)\)", source)
+        writes = [o for o in opened if re.search(r"[\"'][wax]b?[\"']|\"ab\" if", o)]
+        assert not writes or path.name == "download.py", f"{path.name} opens {writes} for writing"

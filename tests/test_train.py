@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from helpers import data, train
+from helpers.errors import RunStateError, TrainingDiverged
 from helpers.model import build_model
 
 
@@ -165,3 +166,110 @@ def test_fit_records_precision_settings(splits, tmp_path):
     assert settings["amp"] == "bfloat16" and settings["channels_last"] is True
     _, default = _fit(splits, tmp_path / "default", epochs=1)
     assert json.loads((tmp_path / "default" / "history.json").read_text())["settings"]["amp"] == "off"
+
+
+class Faulty(torch.utils.data.Dataset):
+    """A training set that can be interrupted (KeyboardInterrupt at its n-th item once armed) or
+    poisoned (NaN images), switched on by fit's per-epoch log line - a deterministic point."""
+
+    def __init__(self, base, after_epoch, fault, items=3):
+        self.base, self.after, self.fault, self.left, self.armed = base, f"epoch {after_epoch:2d}/", fault, items, False
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        item = dict(self.base[i])
+        if self.armed and self.fault == "interrupt":
+            self.left -= 1
+            if self.left == 0:
+                raise KeyboardInterrupt  # in the middle of the next epoch
+        if self.armed and self.fault == "nan":
+            item["image"] = torch.full_like(item["image"], float("nan"))
+        return item
+
+    def log(self, line):
+        self.armed = self.armed or line.startswith(self.after)
+
+
+def _weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def _strip(history):
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
+
+
+def test_interrupted_fit_resumes_to_the_same_history_and_weights(splits, tmp_path):
+    reference, h_ref = _fit(splits, tmp_path / "ref", epochs=3)  # dropout and shuffling both draw random numbers
+    faulty = Faulty(splits[0], after_epoch=2, fault="interrupt")
+    torch.manual_seed(3)
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(build_model(False, encoder_weights=None), faulty, splits[1], epochs=3, batch_size=4, seed=3,
+                  device="cpu", out_dir=tmp_path / "run", progress=False, log=faulty.log)
+    state = torch.load(tmp_path / "run" / "last.pt", weights_only=True)
+    assert state["epoch"] == 2 and not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert {"torch", "generator", "python", "numpy", "cuda"} <= set(state["rng"])
+    torch.manual_seed(99)  # another initialisation and global RNG: resuming must restore everything
+    model, lines = build_model(False, encoder_weights=None), []
+    history = train.fit(model, *splits, epochs=3, batch_size=4, seed=3, device="cpu", out_dir=tmp_path / "run",
+                        progress=False, log=lines.append)
+    assert "resuming after epoch 2 of 3" in lines[0]
+    assert _strip(history) == _strip(h_ref)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    assert not (tmp_path / "run" / "last.pt").exists()  # the finished run keeps checkpoint.pt only
+    assert train.read_history(tmp_path / "run" / "history.json") == history
+
+
+def test_finished_fit_is_reused_not_retrained(splits, tmp_path, monkeypatch):
+    model, history = _fit(splits, tmp_path, epochs=1)
+    monkeypatch.setattr(train, "train_one_epoch", lambda *a, **k: pytest.fail("retrained a finished run"))
+    torch.manual_seed(7)
+    again, lines = build_model(False, encoder_weights=None), []
+    assert train.fit(again, *splits, epochs=1, batch_size=4, seed=3, device="cpu", out_dir=tmp_path,
+                     progress=False, log=lines.append) == history
+    assert len(lines) == 1 and "reused the finished training" in lines[0]
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+def test_other_settings_are_refused_and_overwrite_retrains(splits, tmp_path):
+    _fit(splits, tmp_path, epochs=1)
+    with pytest.raises(RunStateError) as err:
+        _fit(splits, tmp_path, epochs=2, seed=4)
+    message = str(err.value)
+    assert message.startswith(f"{tmp_path}: holds a training run with other settings")
+    assert "epochs 1 saved, 2 now" in message and "seed 3 saved, 4 now" in message and "overwrite" in message
+    with pytest.raises(RunStateError, match="model freeze_encoder False saved, True now"):
+        _fit(splits, tmp_path, epochs=1, freeze=True)
+    torch.manual_seed(3)
+    lines = []
+    history = train.fit(build_model(False, encoder_weights=None), *splits, epochs=2, batch_size=4, seed=3,
+                        device="cpu", out_dir=tmp_path, overwrite=True, progress=False, log=lines.append)
+    assert "overwrite: removed the earlier checkpoint.pt, history.json" in lines[0]
+    assert len(history) == 2 and train.read_history(tmp_path / "history.json") == history
+
+
+def test_unfinished_state_with_other_settings_or_damaged_is_refused(splits, tmp_path):
+    faulty = Faulty(splits[0], after_epoch=1, fault="interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        train.fit(build_model(False, encoder_weights=None), faulty, splits[1], epochs=3, batch_size=4, seed=3,
+                  device="cpu", out_dir=tmp_path, progress=False, log=faulty.log)
+    with pytest.raises(RunStateError, match=r"other settings \(batch_size 4 saved, 2 now\)"):
+        train.fit(build_model(False, encoder_weights=None), *splits, epochs=3, batch_size=2, seed=3, device="cpu",
+                  out_dir=tmp_path, progress=False, log=None)
+    (tmp_path / "last.pt").write_bytes(b"half a file")
+    with pytest.raises(RunStateError, match=f"{tmp_path / 'last.pt'}: cannot read the saved training state"):
+        _fit(splits, tmp_path, epochs=3)
+
+
+def test_nan_loss_stops_training_and_keeps_the_last_good_state(splits, tmp_path):
+    faulty = Faulty(splits[0], after_epoch=1, fault="nan")
+    with pytest.raises(TrainingDiverged) as err:
+        train.fit(build_model(False, encoder_weights=None), faulty, splits[1], epochs=3, batch_size=4, seed=3,
+                  device="cpu", out_dir=tmp_path, progress=False, log=faulty.log)
+    message = str(err.value)
+    assert message.startswith("training diverged at epoch 2, batch 1 of 2: training loss is nan")
+    assert f"the last good state (after epoch 1) is kept in {tmp_path / 'last.pt'}" in message
+    state = torch.load(tmp_path / "last.pt", weights_only=True)
+    assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "history.json").exists()
