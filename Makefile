@@ -20,7 +20,7 @@ NAME ?= default
 TTA ?=
 REPRODUCE_ARGS ?=
 
-.PHONY: all venv reproduce test test-fast notebook-outputs data synthetic check lab clean
+.PHONY: all venv reproduce test test-fast test-long notebook-outputs data synthetic check lab clean
 all: reproduce
 
 $(STAMP): pyproject.toml
@@ -40,7 +40,10 @@ test: $(STAMP)
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -m "not slow and not long"
+
+test-long: $(STAMP)
+	$(BIN)/python -m pytest -m long
 
 # Refresh the committed outputs of the nbval-checked notebook cells (after changing what they show).
 notebook-outputs: $(STAMP)
