@@ -54,7 +54,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress}
 
 
-def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3") -> float:
+def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3", stream=None) -> float:
     """Execute one notebook with papermill; return its wall time. Raises NotebookFailed."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
@@ -63,7 +63,7 @@ def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str 
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
-                            progress_bar=False, cwd=str(source.parent))
+                            progress_bar=False, cwd=str(source.parent), stdout_file=stream)
     except PapermillExecutionError as exc:
         raise NotebookFailed(f"{source.name} failed in cell {exc.cell_index} (In [{exc.exec_count}]): "
                              f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} - the partial "
@@ -121,8 +121,12 @@ def set_aside(run: Path, log=print) -> Path | None:
 
 
 def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print,
-              notebooks_dir: Path = paths.NOTEBOOKS) -> dict:
-    """Run the notebooks for ``cfg`` and write results.json and report.html under its run folder."""
+              notebooks_dir: Path = paths.NOTEBOOKS, stream=None) -> dict:
+    """Run the notebooks for ``cfg`` and write results.json and report.html under its run folder.
+
+    stream: a text file (e.g. sys.stdout) that receives the notebooks' printed output as they run,
+    so a long training shows its per-epoch summary lines; None keeps them in the notebooks only.
+    """
     run = cfg.run_path
     try:
         resolve_device(cfg.device)  # a missing GPU fails here, before any notebook runs
@@ -146,7 +150,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     for name in NOTEBOOKS:
         log(f"running {name} ...")
         out = run / "notebooks" / name
-        timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters), 1)
+        timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters, stream=stream), 1)
         executed.append(out)
         log(f"  {name} done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, source)
@@ -195,7 +199,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
     start = time.perf_counter()
     try:
-        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
+        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html, stream=sys.stdout)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1

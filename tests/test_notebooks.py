@@ -58,6 +58,7 @@ def test_headless_pipeline_writes_every_output(tmp_path, capsys):
     assert reproduce.main(_main_args(tmp_path, "--name", "t", "--seeds", "2", "--tta")) == 0
     out = capsys.readouterr().out
     assert "wall time per notebook" in out and "SYNTHETIC" in out and "2 seed(s)" in out
+    assert "epoch  1/1  train loss" in out  # the notebooks' progress lines reach the console
     run = tmp_path / "runs" / "t"
     for name in reproduce.FIGURES:
         with Image.open(tmp_path / "figures" / name) as img:
