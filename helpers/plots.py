@@ -27,7 +27,7 @@ def provenance(data_source: str, encoder_weights: str | None = None) -> str:
 
 def _finish(fig: Figure, title: str, note: str) -> Figure:
     fig.suptitle(title, fontsize=12)
-    fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=8, color="0.3")
+    fig.text(0.5, 0.005, note, ha="center", va="bottom", fontsize=7 if len(note) > 70 else 8, color="0.3", wrap=True)
     fig.tight_layout(rect=(0, 0.03, 1, 0.97))
     return fig
 
@@ -122,7 +122,7 @@ def iou_scatter(iou_a: Sequence[float], iou_b: Sequence[float], label_a: str, la
     ax.scatter(a, b, s=14, alpha=0.7)
     ax.plot([0, 1], [0, 1], color="0.5", lw=1)
     better = int((b > a).sum())
-    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{label_a} IoU", ylabel=f"{label_b} IoU", aspect="equal",
-           title=f"Per-image test IoU ({label_b} better on {better} of {len(a)})")
+    ax.set(xlim=(0, 1), ylim=(0, 1), xlabel=f"{label_a} IoU", ylabel=f"{label_b} IoU", aspect="equal")
+    ax.set_title(f"Per-image test IoU\n{label_b} better on {better} of {len(a)} images", fontsize=10)
     ax.grid(alpha=0.3)
     return _finish(fig, "", note)

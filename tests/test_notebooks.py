@@ -214,7 +214,7 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
     (run / "results.json").write_text("{}")
     seen = []
 
-    def fake_notebook(source, output, parameters):
+    def fake_notebook(source, output, parameters, stream=None):
         seen.append((source.name, sorted(p.name for p in run.rglob("*"))))
         return 0.0
 

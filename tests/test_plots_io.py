@@ -35,7 +35,7 @@ def test_every_figure_names_its_data_source_and_weights(batch, tmp_path):
     _check(plots.loss_curves({"m": history}, note), tmp_path, "encoder weights: random")
     _check(plots.predictions(images.float() / 255, masks, masks, ids, [0.9, 0.5, 0.1], "best", note),
            tmp_path, "IoU 0.900", "SYNTHETIC")
-    _check(plots.iou_scatter([0.2, 0.5], [0.4, 0.3], "A", "B", note), tmp_path, "better on 1 of 2")
+    _check(plots.iou_scatter([0.2, 0.5], [0.4, 0.3], "A", "B", note), tmp_path, "better on 1 of 2 images")
 
 
 def test_atomic_write_leaves_old_file_on_error(tmp_path):
