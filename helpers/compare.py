@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import pandas as pd
 
+from .experiment import mean_sd
+
 MODELS = {  # run name -> label
     "model1_frozen": "Model 1 (frozen encoder)",
     "model2_finetuned": "Model 2 (fine-tuned encoder)",
@@ -36,8 +38,7 @@ def _mean(result: dict, key: str, metric: str) -> float:
 
 
 def _fmt(result: dict, key: str, metric: str) -> str:
-    v = result["summary"][key][metric]
-    return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(v["per_seed"]) > 1 else "")
+    return mean_sd(result["summary"][key][metric])
 
 
 def comparison_table(results: dict[str, dict]) -> pd.DataFrame:

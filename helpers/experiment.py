@@ -231,6 +231,11 @@ def seed_summary(per_seed: list[dict]) -> dict:
     return out
 
 
+def mean_sd(v: dict) -> str:
+    """"mean ± sd" of one :func:`seed_summary` entry; the mean alone for a single seed."""
+    return f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(v["per_seed"]) > 1 else "")
+
+
 def seed_table(runs: list[dict]) -> pd.DataFrame:
     """Mean (and spread over seeds) of every metric at the working and the original resolution."""
     s = seed_summary([r["metrics"] for r in runs])
@@ -239,8 +244,7 @@ def seed_table(runs: list[dict]) -> pd.DataFrame:
     table = {}
     for key, label in cols.items():
         if key in s:
-            table[label] = {k: (f"{v['mean']:.4f}" + (f" ± {v['std']:.4f}" if len(s["seeds"]) > 1 else ""))
-                            for k, v in s[key].items()}
+            table[label] = {k: mean_sd(v) for k, v in s[key].items()}
     return pd.DataFrame(table)
 
 
