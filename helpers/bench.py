@@ -2,6 +2,7 @@
 
     python -m helpers.bench [--image-size 128] [--batch-size 16] [--images 64] [--test-images 16]
                             [--source-size 2048x1536 [WxH ...] | --sweep] [--steps 10] [--warmup 2]
+                            [--repeats 3]
                             [--json runs/bench.json] [--device auto] [--amp auto] [--channels-last auto]
 
 For each source size a temporary synthetic set of ``--images`` JPEGs of that size is written, and
@@ -14,7 +15,10 @@ NAdam (lr 1e-3) and BCEWithLogitsLoss by :func:`helpers.train.train_one_epoch`, 
 - ``naive``: :class:`helpers.data.FileSegmentation` (open, decode and resize the JPEG and mask for
   every item) through a DataLoader with num_workers=0, as the report's notebook did.
 
-Each row runs ``--warmup`` untimed steps, then ``--steps`` timed ones. Also measured: the cache
+Each row runs ``--warmup`` untimed steps, then ``--steps`` timed ones, with a fresh model. The three
+rows run in ``--repeats`` rounds (compute, pipeline, naive, compute, ...) so that a slow spell of the
+machine does not fall on one row only; each row reports its best round, and the JSON keeps every
+round. Also measured: the cache
 file's size, the evaluation throughput at the original resolution
 (:func:`helpers.evaluate.evaluate_checkpoint` on the test split) and the peak resident memory.
 ``--sweep`` runs 1024x768, 2048x1536 and 4288x2848 (the largest ISIC 2016 size).
@@ -39,7 +43,7 @@ from .data import FileSegmentation, TensorSegmentation, load_cached
 from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .io import write_json
-from .model import build_model
+from .model import REPORT_CHANNELS, build_model
 from .synthetic import _size_arg, write_synthetic_dataset
 from .train import (amp_name, load_checkpoint, make_loader, resolve_channels_last, resolve_device, save_run,
                     train_one_epoch)
@@ -97,7 +101,7 @@ def train_throughput(batches, steps: int, warmup: int, device: torch.device, *, 
 
 def bench_size(source_size: tuple[int, int], work: Path, *, image_size: int, batch_size: int, images: int,
                test_images: int, steps: int, warmup: int, device: torch.device, amp, channels_last,
-               seed: int = 0, progress: bool = True) -> dict:
+               repeats: int = 3, seed: int = 0, progress: bool = True) -> dict:
     """All the figures for one source size (width, height), on a synthetic set written under ``work``."""
     root, cache_dir = work / "data", work / "cache"
     write_synthetic_dataset(root, n_train=images, n_test=test_images, seed=seed, source_size=source_size,
@@ -110,12 +114,16 @@ def bench_size(source_size: tuple[int, int], work: Path, *, image_size: int, bat
     kw = {"seed": seed, "amp": amp, "channels_last": channels_last, "progress": progress}
     in_memory = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in  # already on the device
                   cached[list(range(i, min(i + batch_size, images)))].items()} for i in range(0, images, batch_size)]
-    ips = {"compute": train_throughput(itertools.cycle(in_memory), steps, warmup, device, desc="compute", **kw)[0]}
     loader = make_loader(cached, batch_size, True, torch.Generator().manual_seed(seed), device)
-    ips["pipeline"], model = train_throughput(_forever(loader), steps, warmup, device, desc="pipeline", **kw)
     files = make_loader(FileSegmentation(root, "train", image_size), batch_size, True,
                         torch.Generator().manual_seed(seed), device, num_workers=0)
-    ips["naive"] = train_throughput(_forever(files), steps, warmup, device, desc="naive", **kw)[0]
+    feeds = {"compute": itertools.cycle(in_memory), "pipeline": _forever(loader), "naive": _forever(files)}
+    rounds = {row: [] for row in ROWS}
+    for _ in range(repeats):
+        for row in ROWS:
+            value, model = train_throughput(feeds[row], steps, warmup, device, desc=row, **kw)
+            rounds[row].append(value)
+    ips = {row: max(values) for row, values in rounds.items()}
 
     save_run(work / "run", model, {"image_size": image_size}, [])
     with torch.no_grad():  # warm up the inference kernels as evaluate_checkpoint will run them
@@ -127,7 +135,7 @@ def bench_size(source_size: tuple[int, int], work: Path, *, image_size: int, bat
                         device=str(device), progress=progress)
     eval_ips = test_images / (time.perf_counter() - t0)
     raw_mb = images * 4 * image_size**2 / 1e6  # uint8: 3 image channels + 1 mask channel
-    return {"source_size": list(source_size), "images_per_s": ips,
+    return {"source_size": list(source_size), "images_per_s": ips, "images_per_s_rounds": rounds,
             "pipeline_over_compute": ips["pipeline"] / ips["compute"],
             "pipeline_over_naive": ips["pipeline"] / ips["naive"],
             "cache_build_s": build_s, "cache_build_images_per_s": images / build_s,
@@ -143,9 +151,11 @@ def format_table(r: dict, settings: dict) -> str:
     w, h = r["source_size"]
     ips = r["images_per_s"]
     lines = [f"source {w}x{h} JPEG -> {settings['image_size']}x{settings['image_size']}, batch "
-             f"{settings['batch_size']}, {settings['images']} images, {settings['steps']} timed steps",
-             f"  {'row':<10}{'images/s':>10}{'x compute':>11}"]
-    lines += [f"  {row:<10}{ips[row]:>10.2f}{ips[row] / ips['compute']:>11.2f}" for row in ROWS]
+             f"{settings['batch_size']}, {settings['images']} images, {settings['steps']} timed steps, "
+             f"best of {settings['repeats']} rounds",
+             f"  {'row':<10}{'images/s':>10}{'x compute':>11}{'ms/image':>10}  rounds (images/s)"]
+    lines += [f"  {row:<10}{ips[row]:>10.2f}{ips[row] / ips['compute']:>11.2f}{1e3 / ips[row]:>10.1f}  "
+              + " ".join(f"{v:.1f}" for v in r["images_per_s_rounds"][row]) for row in ROWS]
     lines += [f"  pipeline/compute {r['pipeline_over_compute']:.2f} (target >= 0.90), "
               f"pipeline/naive {r['pipeline_over_naive']:.2f} (target >= 2.5 at 2048x1536)",
               f"  cache build {r['cache_build_s']:.1f} s ({r['cache_build_images_per_s']:.1f} images/s, "
@@ -157,11 +167,12 @@ def format_table(r: dict, settings: dict) -> str:
 
 
 def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, images: int = 64, test_images: int = 16,
-              steps: int = 10, warmup: int = 2, device: str = "auto", amp="auto", channels_last="auto", seed: int = 0,
-              json_path=None, progress: bool = True, log=print) -> dict:
+              steps: int = 10, warmup: int = 2, repeats: int = 3, device: str = "auto", amp="auto",
+              channels_last="auto", seed: int = 0, json_path=None, progress: bool = True, log=print) -> dict:
     """Run :func:`bench_size` for every (width, height) in ``source_sizes``; write and return the results."""
     for name, value, low in (("image_size", image_size, 32), ("batch_size", batch_size, 1), ("images", images, 1),
-                             ("test_images", test_images, 1), ("steps", steps, 1), ("warmup", warmup, 0)):
+                             ("test_images", test_images, 1), ("steps", steps, 1), ("warmup", warmup, 0),
+                             ("repeats", repeats, 1)):
         if value < low:
             raise ProjectError(f"bench: {name} must be at least {low}, got {value}")
     try:
@@ -169,8 +180,9 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
     except RuntimeError as exc:
         raise ProjectError(str(exc)) from exc
     settings = {"image_size": image_size, "batch_size": batch_size, "images": images, "test_images": test_images,
-                "steps": steps, "warmup": warmup, "seed": seed, "model": "model 2 (report decoder, fine-tuned, "
-                "random init)", "optimizer": "NAdam lr 0.001", "loss": "BCEWithLogitsLoss",
+                "steps": steps, "warmup": warmup, "repeats": repeats, "seed": seed,
+                "model": "model 2 (report decoder, fine-tuned, random init)", "decoder_widths": list(REPORT_CHANNELS),
+                "optimizer": "NAdam lr 0.001", "loss": "BCEWithLogitsLoss",
                 "amp": amp_name(amp, dev),
                 "channels_last": resolve_channels_last(channels_last, dev), "naive_num_workers": 0}
     out = {"settings": settings, "machine": machine_info(dev), "runs": []}
@@ -179,7 +191,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
         with tempfile.TemporaryDirectory(prefix="isic-bench-") as tmp:
             r = bench_size(tuple(size), Path(tmp), image_size=image_size, batch_size=batch_size, images=images,
                            test_images=test_images, steps=steps, warmup=warmup, device=dev, amp=amp,
-                           channels_last=channels_last, seed=seed, progress=progress)
+                           channels_last=channels_last, repeats=repeats, seed=seed, progress=progress)
         out["runs"].append(r)
         log(format_table(r, settings))
     out["peak_rss_mb"], out["seconds"] = peak_rss_mb(), time.perf_counter() - start
@@ -207,16 +219,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true", help="the source sizes 1024x768, 2048x1536 and 4288x2848")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per row (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each row (default 2)")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of the three rows; each reports its best")
     parser.add_argument("--json", type=Path, default=paths.RUNS / "bench.json", help="where to write the figures")
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
     parser.add_argument("--amp", default="auto", choices=SWITCH, help="mixed precision (auto: on for CUDA only)")
-    parser.add_argument("--channels-last", default="auto", choices=SWITCH, help="NHWC (auto: on for CUDA only)")
+    parser.add_argument("--channels-last", default="auto", choices=SWITCH, help="NHWC (auto: on for CUDA and CPU)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
         run_bench(SWEEP if args.sweep else args.source_size, image_size=args.image_size, batch_size=args.batch_size,
                   images=args.images, test_images=args.test_images, steps=args.steps, warmup=args.warmup,
+                  repeats=args.repeats,
                   device=args.device, amp=SWITCH[args.amp], channels_last=SWITCH[args.channels_last], seed=args.seed,
                   json_path=args.json, progress=not args.quiet)
     except ProjectError as exc:

@@ -31,9 +31,10 @@ from helpers.errors import DataError, ProjectError
 from helpers.io import write_json
 
 MARKER = SYNTHETIC_MARKER  # written last: marks a complete set
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-pixel grain on sources larger than MAX_WORK_SIDE
 JPEG_QUALITY = 90
 MAX_WORK_SIDE = 1024  # textures are rendered at most this large, then upsampled
+PIXEL_GRAIN = 0.04  # relative amplitude of the per-pixel skin texture (uniform, centred)
 SKIN_TONES = np.array([[0.94, 0.78, 0.75], [0.91, 0.76, 0.64], [0.80, 0.60, 0.46]])
 LESION_COLOURS = np.float32([  # light brown, brown, dark brown, near black, blue-grey
     [0.62, 0.42, 0.31], [0.45, 0.28, 0.19], [0.27, 0.16, 0.12], [0.13, 0.09, 0.09], [0.37, 0.40, 0.47]])
@@ -128,7 +129,7 @@ def render_case(rng: np.random.Generator, size: tuple[int, int] | None = None):
     t = rng.uniform(0, 2)
     i = min(int(t), 1)
     skin = SKIN_TONES[i] + (t - i) * (SKIN_TONES[i + 1] - SKIN_TONES[i]) + rng.normal(0, 0.02, 3)
-    texture = (0.018 * _noise(rng, shape, 3.0) + 0.04 * (rng.random(shape, dtype=np.float32) - 0.5)
+    texture = (0.018 * _noise(rng, shape, 3.0) + PIXEL_GRAIN * (rng.random(shape, dtype=np.float32) - 0.5)
                + 0.03 * _noise(rng, shape, long_side / 12))
     img = skin.astype(np.float32)[:, None, None] * (1 + texture)  # channels first: (3, h, w)
     img[1:] -= np.float32(rng.uniform(0, 0.035)) * np.clip(_noise(rng, shape, long_side / 5), 0, None)
@@ -166,7 +167,22 @@ def render_case(rng: np.random.Generator, size: tuple[int, int] | None = None):
     mask = Image.fromarray((field > 0) * np.uint8(255))
     if rng.random() < 0.35:
         _hairs(rng, image, scale)
+    if scale > 1:
+        image = _grain(rng, image)
     return image, mask
+
+
+def _grain(rng, image):
+    """``image`` times 1 + per-pixel noise of the working-size texture's amplitude, at full size.
+
+    Upsampling smooths away the pixel-level texture that small images keep and that a camera
+    records; without it a large source would be an unrealistically smooth JPEG, which also decodes
+    faster than a real photograph.
+    """
+    arr = np.asarray(image, dtype=np.float32)
+    arr *= (1 + PIXEL_GRAIN * (rng.random(arr.shape[:2], dtype=np.float32) - 0.5))[..., None]
+    arr += 0.5
+    return Image.fromarray(np.clip(arr, 0, 255, out=arr).astype(np.uint8))
 
 
 def _params(n_train, n_test, seed, source_size):

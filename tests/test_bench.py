@@ -7,7 +7,7 @@ from helpers import bench
 def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys):
     out = tmp_path / "out" / "bench.json"
     assert bench.main(["--images", "8", "--test-images", "2", "--source-size", "320x240", "--steps", "2",
-                       "--warmup", "1", "--batch-size", "4", "--image-size", "64", "--device", "cpu",
+                       "--warmup", "1", "--repeats", "2", "--batch-size", "4", "--image-size", "64", "--device", "cpu",
                        "--json", str(out), "--quiet"]) == 0
     result = json.loads(out.read_text())
     assert [r["source_size"] for r in result["runs"]] == [[320, 240]]
@@ -16,9 +16,12 @@ def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys):
                run["cache_build_s"], run["cache_mb"], run["cache_mb_per_image"], run["peak_rss_mb"],
                run["eval_original_resolution_images_per_s"], result["peak_rss_mb"]]
     assert set(run["images_per_s"]) == {"compute", "pipeline", "naive"}
+    for row, rounds in run["images_per_s_rounds"].items():  # each row reports the best of its 2 rounds
+        assert len(rounds) == 2 and run["images_per_s"][row] == max(rounds)
     assert all(math.isfinite(v) and v > 0 for v in figures)
     assert run["cache_mb"] >= run["cache_raw_uint8_mb"] == 8 * 4 * 64 * 64 / 1e6  # uint8 images + masks
     assert result["settings"]["steps"] == 2 and result["settings"]["amp"] == "off"
+    assert result["settings"]["repeats"] == 2 and result["settings"]["channels_last"] is True
     machine = result["machine"]
     assert machine["device"] == "cpu" and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
     printed = capsys.readouterr().out

@@ -146,6 +146,20 @@ def test_large_size_is_upsampled_and_mask_stays_binary():
     assert set(np.unique(np.asarray(mask)).tolist()) == {0, 255}
 
 
+def _pixel_texture(image):
+    """Mean absolute difference of horizontally adjacent green values: the pixel-level detail."""
+    return float(np.abs(np.diff(np.asarray(image, dtype=np.float32)[..., 1], axis=1)).mean())
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_large_source_keeps_the_pixel_texture_of_a_working_size_one(monkeypatch, seed):
+    working = _pixel_texture(render_case(np.random.default_rng(seed), (1000, 750))[0])  # rendered as is
+    large = _pixel_texture(render_case(np.random.default_rng(seed), (2000, 1500))[0])  # upsampled 2x
+    assert large == pytest.approx(working, rel=0.15)
+    monkeypatch.setattr(synthetic, "_grain", lambda rng, image: image)  # upsampling alone halves it
+    assert _pixel_texture(render_case(np.random.default_rng(seed), (2000, 1500))[0]) < 0.7 * working
+
+
 @settings(max_examples=15, deadline=None)
 @given(w=st.integers(8, 160), h=st.integers(8, 160), seed=st.integers(0, 2**32 - 1))
 def test_render_case_any_size(w, h, seed):

@@ -63,9 +63,10 @@ def test_checkpoint_roundtrip_gives_the_same_predictions(splits, tmp_path):
     assert ckpt["settings"]["seed"] == 3 and ckpt["history"] == history
     assert loaded.config == model.config
     x = torch.stack([splits[1][i]["image"] for i in range(len(splits[1]))])
+    x = x.contiguous(memory_format=torch.channels_last)  # fit trained in NHWC ("auto" on CPU); same kernels
     model.eval()
     with torch.no_grad():
-        assert torch.equal(model(x), loaded(x))
+        assert torch.equal(model(x), loaded.to(memory_format=torch.channels_last)(x))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
@@ -125,7 +126,9 @@ def test_training_results_do_not_change_with_the_cache(tiny_isic, tmp_path):
 
 def test_amp_and_channels_last_resolve_per_device(monkeypatch):
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert train.resolve_amp("auto", cpu) is None and train.resolve_channels_last("auto", cpu) is False
+    assert train.resolve_amp("auto", cpu) is None and train.resolve_channels_last("auto", cpu) is True
+    assert train.resolve_channels_last("auto", torch.device("meta")) is False
+    assert train.resolve_channels_last(False, cpu) is False
     assert train.resolve_amp(True, cpu) is torch.bfloat16 and train.resolve_amp("fp16", cpu) is torch.float16
     assert train.resolve_amp(False, cuda) is None and train.resolve_channels_last("auto", cuda) is True
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
