@@ -208,6 +208,21 @@ def _complete(root, params):
     return stored
 
 
+def _older_format(root, params):
+    """The format version of a set at ``root`` written by an older generator with the same
+    parameters (safe to replace: it is generated data), else None."""
+    try:
+        stored = json.loads((root / MARKER).read_text("utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(stored, dict) or stored.get("generator") != params["generator"]:
+        return None
+    version = stored.get("format_version")
+    same = all(stored.get(k) == v for k, v in params.items() if k != "format_version")
+    older = isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION
+    return version if same and older else None
+
+
 def _write_case(tmp, seed, source_size, split_index, i, images, masks):
     """Render case ``i`` of a split into ``tmp``; return (width, height, lesion fraction)."""
     image, mask = render_case(np.random.default_rng([seed, split_index, i]), source_size)
@@ -241,6 +256,10 @@ def write_synthetic_dataset(root, n_train=240, n_test=100, seed=0, source_size=N
     if stored is not None:
         print(f"synthetic: {n_train} train + {n_test} test images already in {root}")
         return {**stored, "root": str(root), "written": False, "seconds": 0.0}
+    old = None if overwrite else _older_format(root, params)
+    if old is not None:
+        print(f"synthetic: {root} holds format {old} of this set; writing format {FORMAT_VERSION} in its place")
+        overwrite = True
     folders = [name for pair in SPLITS.values() for name in pair]
     if not overwrite:
         for name in folders:

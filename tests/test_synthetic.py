@@ -177,6 +177,22 @@ def test_second_call_is_a_no_op(dataset, capsys):
     assert "already" in capsys.readouterr().out
 
 
+def test_a_set_of_an_older_format_is_replaced_with_a_message(tmp_path, capsys):
+    write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=0, progress=False)
+    marker = tmp_path / synthetic.MARKER
+    stored = json.loads(marker.read_text())
+    marker.write_text(json.dumps({**stored, "format_version": synthetic.FORMAT_VERSION - 1}))
+    (tmp_path / SPLITS["train"][0] / "ISIC_0000000.jpg").write_bytes(b"stale")
+    capsys.readouterr()
+    summary = write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=0, progress=False)
+    assert summary["written"] is True and f"writing format {synthetic.FORMAT_VERSION}" in capsys.readouterr().out
+    assert json.loads(marker.read_text())["format_version"] == synthetic.FORMAT_VERSION
+    assert Image.open(tmp_path / SPLITS["train"][0] / "ISIC_0000000.jpg").size  # rewritten, readable
+    marker.write_text(json.dumps({**stored, "format_version": synthetic.FORMAT_VERSION - 1, "seed": 5}))
+    with pytest.raises(DataError, match="already exists; pass --overwrite"):  # other parameters: not ours to replace
+        write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=0, progress=False)
+
+
 def test_existing_folders_need_overwrite(tmp_path):
     (tmp_path / SPLITS["test"][1]).mkdir()
     with pytest.raises(DataError, match=r"ISBI2016_ISIC_Part1_Test_GroundTruth.*--overwrite"):
