@@ -1,8 +1,8 @@
 """Training throughput against the model's own compute limit, on one machine in one run.
 
     python -m helpers.bench [--image-size 128] [--batch-size 16] [--images 64] [--test-images 16]
-                            [--source-size 2048x1536 [WxH ...] | --sweep] [--steps 10] [--warmup 2]
-                            [--repeats 3]
+                            [--source-size 2048x1536 [WxH ...] | --sweep | --data ROOT]
+                            [--steps 10] [--warmup 2] [--repeats 3]
                             [--json runs/bench.json] [--device auto] [--amp auto] [--channels-last auto]
 
 For each source size a temporary synthetic set of ``--images`` JPEGs of that size is written, and
@@ -18,10 +18,11 @@ NAdam (lr 1e-3) and BCEWithLogitsLoss by :func:`helpers.train.train_one_epoch`, 
 Each row runs ``--warmup`` untimed steps, then ``--steps`` timed ones, with a fresh model. The three
 rows run in ``--repeats`` rounds (compute, pipeline, naive, compute, ...) so that a slow spell of the
 machine does not fall on one row only; each row reports its best round, and the JSON keeps every
-round. Also measured: the cache
-file's size, the evaluation throughput at the original resolution
+round. Also measured: the cache file's size, the evaluation throughput at the original resolution
 (:func:`helpers.evaluate.evaluate_checkpoint` on the test split) and the peak resident memory.
-``--sweep`` runs 1024x768, 2048x1536 and 4288x2848 (the largest ISIC 2016 size).
+``--sweep`` runs 1024x768, 2048x1536 and 4288x2848 (the largest ISIC 2016 size). ``--data ROOT``
+measures the same on a real ISIC-layout folder instead: its whole training split is cached and fed
+by the pipeline and naive rows, and evaluation covers its test split.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .data import FileSegmentation, TensorSegmentation, load_cached
+from .data import FileSegmentation, TensorSegmentation, list_split, load_cached
 from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .io import write_json
@@ -99,18 +100,30 @@ def train_throughput(batches, steps: int, warmup: int, device: torch.device, *, 
     return sum(seen) / (time.perf_counter() - start), model
 
 
-def bench_size(source_size: tuple[int, int], work: Path, *, image_size: int, batch_size: int, images: int,
+def bench_size(source_size: tuple[int, int] | None, work: Path, *, image_size: int, batch_size: int, images: int,
                test_images: int, steps: int, warmup: int, device: torch.device, amp, channels_last,
-               repeats: int = 3, seed: int = 0, progress: bool = True) -> dict:
-    """All the figures for one source size (width, height), on a synthetic set written under ``work``."""
-    root, cache_dir = work / "data", work / "cache"
-    write_synthetic_dataset(root, n_train=images, n_test=test_images, seed=seed, source_size=source_size,
-                            progress=progress)
+               repeats: int = 3, seed: int = 0, progress: bool = True, data_root=None) -> dict:
+    """All the figures for one source size (width, height), on a synthetic set written under ``work``.
+
+    With ``data_root`` (and ``source_size`` None) the figures are for that ISIC-layout folder: the
+    cache holds its whole training split (built afresh under ``work``), pipeline and naive draw from
+    all of it, compute cycles over its first ``images`` images, and evaluation covers its test split.
+    """
+    cache_dir = work / "cache"
+    if data_root is None:
+        root = work / "data"
+        write_synthetic_dataset(root, n_train=images, n_test=test_images, seed=seed, source_size=source_size,
+                                progress=progress)
+    else:
+        root = Path(data_root)
+        test_images = len(list_split(root, "test", require_masks=False))
     cpu0, t0 = time.process_time(), time.perf_counter()
     data = load_cached(root, "train", image_size, cache_dir=cache_dir, progress=progress)
     build_s, build_cpu_s = time.perf_counter() - t0, time.process_time() - cpu0
     cache_mb = sum(p.stat().st_size for p in cache_dir.glob("*.pt")) / 1e6
     cached = TensorSegmentation(data)
+    n_train = len(cached)
+    images = min(images, n_train)
     kw = {"seed": seed, "amp": amp, "channels_last": channels_last, "progress": progress}
     in_memory = [{k: v.to(device) if torch.is_tensor(v) else v for k, v in  # already on the device
                   cached[list(range(i, min(i + batch_size, images)))].items()} for i in range(0, images, batch_size)]
@@ -134,24 +147,35 @@ def bench_size(source_size: tuple[int, int], work: Path, *, image_size: int, bat
     evaluate_checkpoint(work / "run" / "checkpoint.pt", root, "test", None, batch_size=batch_size,
                         device=str(device), progress=progress)
     eval_ips = test_images / (time.perf_counter() - t0)
-    raw_mb = images * 4 * image_size**2 / 1e6  # uint8: 3 image channels + 1 mask channel
-    return {"source_size": list(source_size), "images_per_s": ips, "images_per_s_rounds": rounds,
+    raw_mb = n_train * 4 * image_size**2 / 1e6  # uint8: 3 image channels + 1 mask channel
+    heights, widths = zip(*data["sizes"])
+    return {"source_size": source_size and list(source_size), "data_root": data_root and str(data_root),
+            "train_images": n_train, "source_width_range": [min(widths), max(widths)],
+            "source_height_range": [min(heights), max(heights)],
+            "images_per_s": ips, "images_per_s_rounds": rounds,
             "pipeline_over_compute": ips["pipeline"] / ips["compute"],
             "pipeline_over_naive": ips["pipeline"] / ips["naive"],
-            "cache_build_s": build_s, "cache_build_images_per_s": images / build_s,
+            "cache_build_s": build_s, "cache_build_images_per_s": n_train / build_s,
             "cache_build_cores_busy": build_cpu_s / build_s,
-            "cache_mb": cache_mb, "cache_raw_uint8_mb": raw_mb, "cache_mb_per_image": cache_mb / images,
-            "cache_mb_900_images_estimate": cache_mb / images * 900,
+            "cache_mb": cache_mb, "cache_raw_uint8_mb": raw_mb, "cache_mb_per_image": cache_mb / n_train,
+            "cache_mb_900_images_estimate": cache_mb / n_train * 900,
             "eval_original_resolution_images_per_s": eval_ips, "eval_images": test_images,
             "peak_rss_mb": peak_rss_mb()}
 
 
+def source_label(r: dict) -> str:
+    """"2048x1536" for a synthetic source size, "data" for a folder given with ``--data``."""
+    return "data" if r["source_size"] is None else "{}x{}".format(*r["source_size"])
+
+
 def format_table(r: dict, settings: dict) -> str:
     """The figures of one source size as a small text table."""
-    w, h = r["source_size"]
     ips = r["images_per_s"]
-    lines = [f"source {w}x{h} JPEG -> {settings['image_size']}x{settings['image_size']}, batch "
-             f"{settings['batch_size']}, {settings['images']} images, {settings['steps']} timed steps, "
+    source = (f"source {source_label(r)} JPEG" if r["data_root"] is None else
+              "data {} ({}-{} x {}-{} JPEG)".format(r["data_root"], *r["source_width_range"],
+                                                    *r["source_height_range"]))
+    lines = [f"{source} -> {settings['image_size']}x{settings['image_size']}, batch {settings['batch_size']}, "
+             f"{r['train_images']} training images, {settings['steps']} timed steps, "
              f"best of {settings['repeats']} rounds",
              f"  {'row':<10}{'images/s':>10}{'x compute':>11}{'ms/image':>10}  rounds (images/s)"]
     lines += [f"  {row:<10}{ips[row]:>10.2f}{ips[row] / ips['compute']:>11.2f}{1e3 / ips[row]:>10.1f}  "
@@ -168,8 +192,10 @@ def format_table(r: dict, settings: dict) -> str:
 
 def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, images: int = 64, test_images: int = 16,
               steps: int = 10, warmup: int = 2, repeats: int = 3, device: str = "auto", amp="auto",
-              channels_last="auto", seed: int = 0, json_path=None, progress: bool = True, log=print) -> dict:
-    """Run :func:`bench_size` for every (width, height) in ``source_sizes``; write and return the results."""
+              channels_last="auto", seed: int = 0, json_path=None, progress: bool = True, log=print,
+              data_root=None) -> dict:
+    """Run :func:`bench_size` for every (width, height) in ``source_sizes``, or once on the ISIC-layout
+    folder ``data_root`` when it is given (``source_sizes`` is then ignored); write and return the results."""
     for name, value, low in (("image_size", image_size, 32), ("batch_size", batch_size, 1), ("images", images, 1),
                              ("test_images", test_images, 1), ("steps", steps, 1), ("warmup", warmup, 0),
                              ("repeats", repeats, 1)):
@@ -184,14 +210,16 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
                 "model": "model 2 (report decoder, fine-tuned, random init)", "decoder_widths": list(REPORT_CHANNELS),
                 "optimizer": "NAdam lr 0.001", "loss": "BCEWithLogitsLoss",
                 "amp": amp_name(amp, dev),
-                "channels_last": resolve_channels_last(channels_last, dev), "naive_num_workers": 0}
+                "channels_last": resolve_channels_last(channels_last, dev), "naive_num_workers": 0,
+                "data_root": data_root and str(data_root)}
     out = {"settings": settings, "machine": machine_info(dev), "runs": []}
     start = time.perf_counter()
-    for size in source_sizes:
+    for size in [None] if data_root is not None else source_sizes:
         with tempfile.TemporaryDirectory(prefix="isic-bench-") as tmp:
-            r = bench_size(tuple(size), Path(tmp), image_size=image_size, batch_size=batch_size, images=images,
-                           test_images=test_images, steps=steps, warmup=warmup, device=dev, amp=amp,
-                           channels_last=channels_last, repeats=repeats, seed=seed, progress=progress)
+            r = bench_size(size and tuple(size), Path(tmp), image_size=image_size, batch_size=batch_size,
+                           images=images, test_images=test_images, steps=steps, warmup=warmup, device=dev, amp=amp,
+                           channels_last=channels_last, repeats=repeats, seed=seed, progress=progress,
+                           data_root=data_root)
         out["runs"].append(r)
         log(format_table(r, settings))
     out["peak_rss_mb"], out["seconds"] = peak_rss_mb(), time.perf_counter() - start
@@ -201,7 +229,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
     m, runs = out["machine"], out["runs"]
     each = lambda fmt: "/".join(fmt.format(**r) for r in runs)  # noqa: E731
     log(f"bench: pipeline/compute {each('{pipeline_over_compute:.2f}')}, pipeline/naive "
-        f"{each('{pipeline_over_naive:.1f}')} at {each('{source_size[0]}x{source_size[1]}')}; {m['device']} "
+        f"{each('{pipeline_over_naive:.1f}')} at {'/'.join(source_label(r) for r in runs)}; {m['device']} "
         f"({m['device_name']}, {m['torch_threads']} threads, load {m['load_average_1min']:.1f} before), "
         f"peak RSS {out['peak_rss_mb']:.0f} MB, {out['seconds']:.0f} s" + (f"; JSON {json_path}" if json_path else ""))
     return out
@@ -214,9 +242,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=64, help="training images of the temporary set (default 64)")
     parser.add_argument("--test-images", type=int, default=16, help="test images, for the evaluation row")
-    parser.add_argument("--source-size", type=_size_arg, nargs="+", default=[(2048, 1536)], metavar="WxH",
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--source-size", type=_size_arg, nargs="+", default=[(2048, 1536)], metavar="WxH",
                         help="size of the source JPEGs; several give one table each (default 2048x1536)")
-    parser.add_argument("--sweep", action="store_true", help="the source sizes 1024x768, 2048x1536 and 4288x2848")
+    source.add_argument("--sweep", action="store_true", help="the source sizes 1024x768, 2048x1536 and 4288x2848")
+    source.add_argument("--data", type=Path, metavar="ROOT",
+                        help="an ISIC 2016 Part 1 folder (e.g. data/isic2016) instead of a synthetic set")
     parser.add_argument("--steps", type=int, default=10, help="timed training steps per row (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps before each row (default 2)")
     parser.add_argument("--repeats", type=int, default=3, help="rounds of the three rows; each reports its best")
@@ -230,9 +261,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run_bench(SWEEP if args.sweep else args.source_size, image_size=args.image_size, batch_size=args.batch_size,
                   images=args.images, test_images=args.test_images, steps=args.steps, warmup=args.warmup,
-                  repeats=args.repeats,
-                  device=args.device, amp=SWITCH[args.amp], channels_last=SWITCH[args.channels_last], seed=args.seed,
-                  json_path=args.json, progress=not args.quiet)
+                  repeats=args.repeats, device=args.device, amp=SWITCH[args.amp],
+                  channels_last=SWITCH[args.channels_last], seed=args.seed, json_path=args.json,
+                  progress=not args.quiet, data_root=args.data)
     except ProjectError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1

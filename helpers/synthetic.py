@@ -176,8 +176,7 @@ def _grain(rng, image):
     """``image`` times 1 + per-pixel noise of the working-size texture's amplitude, at full size.
 
     Upsampling smooths away the pixel-level texture that small images keep and that a camera
-    records; without it a large source would be an unrealistically smooth JPEG, which also decodes
-    faster than a real photograph.
+    records; without it a large source would be an unrealistically smooth JPEG.
     """
     arr = np.asarray(image, dtype=np.float32)
     arr *= (1 + PIXEL_GRAIN * (rng.random(arr.shape[:2], dtype=np.float32) - 0.5))[..., None]

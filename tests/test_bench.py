@@ -1,6 +1,8 @@
 import json
 import math
 
+import pytest
+
 from helpers import bench
 
 
@@ -34,3 +36,32 @@ def test_bench_rejects_bad_settings_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.startswith("error: bench: steps must be at least 1") and err.count("\n") == 1
     assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_on_an_isic_folder_uses_its_files(tiny_isic, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench.main(["--data", str(tiny_isic), "--images", "4", "--steps", "1", "--warmup", "0", "--repeats", "1",
+                       "--batch-size", "2", "--image-size", "32", "--device", "cpu", "--json", str(out),
+                       "--quiet"]) == 0
+    run = json.loads(out.read_text())["runs"][0]
+    assert run["source_size"] is None and run["data_root"] == str(tiny_isic)
+    assert run["train_images"] == 6 and run["eval_images"] == 4  # the folder's splits, not --test-images
+    assert run["source_width_range"] == [40, 60] and run["source_height_range"] == [30, 40]
+    assert run["cache_raw_uint8_mb"] == 6 * 4 * 32 * 32 / 1e6
+    assert all(math.isfinite(v) and v > 0 for v in run["images_per_s"].values())
+    printed = capsys.readouterr().out
+    assert f"data {tiny_isic} (40-60 x 30-40 JPEG)" in printed and " at data; cpu" in printed
+    assert not list(tiny_isic.rglob("*.pt"))  # the cache went to a temporary folder, not into the data
+
+
+def test_bench_on_a_folder_without_data_fails_in_one_line(tmp_path, capsys):
+    assert bench.main(["--data", str(tmp_path / "nowhere"), "--json", str(tmp_path / "b.json"), "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and str(tmp_path / "nowhere") in err and err.count("\n") == 1
+    assert not (tmp_path / "b.json").exists()
+
+
+def test_bench_data_excludes_a_source_size(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exc:
+        bench.main(["--data", str(tmp_path), "--sweep"])
+    assert exc.value.code == 2 and "not allowed with argument" in capsys.readouterr().err
