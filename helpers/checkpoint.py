@@ -24,7 +24,7 @@ import torch
 
 from .errors import RunStateError
 from .io import atomic_path, write_json
-from .model import SegmentationModel, build_model
+from .model import SegmentationModel, build_model, saved_decoder_widths
 
 STATE = "last.pt"
 CHECKPOINT = "checkpoint.pt"
@@ -141,9 +141,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[Segmentation
     """Rebuild the model saved by :func:`save_run` (no weight download needed), in eval mode, and the checkpoint dict."""
     ckpt = torch.load(path, map_location=device, weights_only=True)
     cfg = ckpt["config"]
-    model = build_model(cfg["freeze_encoder"], encoder_weights=None, decoder=cfg["decoder"])
+    widths = cfg.get("decoder_widths") or saved_decoder_widths(ckpt["model"])  # older files lack the key
+    model = build_model(cfg["freeze_encoder"], encoder_weights=None, decoder=cfg["decoder"], decoder_widths=widths)
     model.load_state_dict(ckpt["model"])
-    model.config = cfg
+    model.config = {**cfg, "decoder_widths": list(widths)}
     return model.to(device).eval(), ckpt
 
 

@@ -13,6 +13,7 @@ The encoder is torchvision's MobileNetV2 ``features``, split into five stages (`
 from __future__ import annotations
 
 import pickle
+import re
 import warnings
 from pathlib import Path
 
@@ -63,7 +64,7 @@ class ReportDecoder(nn.Module):
                        nn.ReLU(inplace=True), nn.Dropout(dropout)]
             c_in = c_out
         self.layers = nn.Sequential(*layers)
-        self.out_channels = c_in
+        self.out_channels, self.widths = c_in, tuple(channels)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         return self.layers(feats[-1])
@@ -97,7 +98,7 @@ class UNetDecoder(nn.Module):
             blocks.append(UpBlock(c_in, c_skip, c_out))
             c_in = c_out
         self.blocks = nn.ModuleList(blocks)
-        self.out_channels = c_in
+        self.out_channels, self.widths = c_in, tuple(channels)
 
     def forward(self, feats: list[torch.Tensor]) -> torch.Tensor:
         x = feats[-1]
@@ -194,18 +195,29 @@ def load_encoder_features(encoder_weights, progress: bool = True) -> tuple[nn.Se
 
 
 def build_model(freeze_encoder: bool, encoder_weights="imagenet", decoder: str = "report",
-                progress: bool = True) -> SegmentationModel:
+                progress: bool = True, decoder_widths=None) -> SegmentationModel:
     """The report's model. Freezing stops gradients into the encoder and fixes its BatchNorm stats.
 
-    ``model.config`` records the settings and ``encoder_weights_used`` (what was really loaded).
+    ``decoder_widths``: the decoder's four channel widths (None: REPORT_CHANNELS, or the U-Net's own).
+    ``model.config`` records the settings, the widths and ``encoder_weights_used`` (what was really loaded).
     """
-    features, used = load_encoder_features(encoder_weights, progress=progress)
     decoders = {"report": ReportDecoder, "unet": UNetDecoder}
     if decoder not in decoders:
         raise ValueError(f"decoder must be one of {sorted(decoders)}, got {decoder!r}")
+    features, used = load_encoder_features(encoder_weights, progress=progress)
+    head = decoders[decoder]() if decoder_widths is None else decoders[decoder](tuple(decoder_widths))
     config = {"freeze_encoder": bool(freeze_encoder), "encoder_weights": None if encoder_weights is None
-              else str(encoder_weights), "encoder_weights_used": used, "decoder": decoder}
-    return SegmentationModel(Encoder(features), decoders[decoder](), freeze_encoder, config)
+              else str(encoder_weights), "encoder_weights_used": used, "decoder": decoder,
+              "decoder_widths": list(head.widths)}
+    return SegmentationModel(Encoder(features), head, freeze_encoder, config)
+
+
+def saved_decoder_widths(state: dict) -> list[int]:
+    """The decoder widths of a saved state dict, read from its transposed convolutions' shapes (for
+    checkpoints written before ``decoder_widths`` was recorded in the config)."""
+    found = sorted((int(m.group(1)), tuple(v.shape)) for k, v in state.items()
+                   if (m := re.fullmatch(r"decoder\.(?:layers|blocks)\.(\d+)\.(?:up\.)?weight", k)) and v.dim() == 4)
+    return [shape[1] for _, shape in found]
 
 
 def parameter_counts(model: nn.Module) -> dict[str, int]:

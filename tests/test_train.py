@@ -237,6 +237,28 @@ def test_finished_fit_is_reused_not_retrained(splits, tmp_path, monkeypatch):
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
 
 
+def test_checkpoint_of_an_earlier_version_loads_with_its_own_decoder_widths(splits, tmp_path):
+    torch.manual_seed(0)
+    old = build_model(False, encoder_weights=None, decoder_widths=(256, 128, 64, 32))  # the widths until issue 5
+    train.save_run(tmp_path, old, {}, [])
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    del ckpt["config"]["decoder_widths"]  # files written before the widths were recorded
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    loaded, _ = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert loaded.config["decoder_widths"] == [256, 128, 64, 32]
+    x = torch.stack([splits[1][i]["image"] for i in range(len(splits[1]))])
+    with torch.no_grad():
+        assert torch.equal(old.eval()(x), loaded(x))
+
+
+def test_a_run_with_other_decoder_widths_is_refused(splits, tmp_path):
+    torch.manual_seed(0)
+    train.fit(build_model(False, encoder_weights=None, decoder_widths=(256, 128, 64, 32)), *splits, epochs=1,
+              batch_size=4, seed=3, device="cpu", out_dir=tmp_path, progress=False, log=None)
+    with pytest.raises(RunStateError, match=r"model decoder_widths \[256, 128, 64, 32\] saved, \[128, 64, 32, 16\] now"):
+        _fit(splits, tmp_path, epochs=1)
+
+
 def test_other_settings_are_refused_and_overwrite_retrains(splits, tmp_path):
     _fit(splits, tmp_path, epochs=1)
     with pytest.raises(RunStateError) as err:
