@@ -190,13 +190,19 @@ def _params(n_train, n_test, seed, source_size):
             "n_test": n_test, "seed": seed, "source_size": source_size and list(source_size)}
 
 
-def _complete(root, params):
-    """The stored summary if ``root`` holds a complete set made with ``params``, else None."""
+def _marker(root):
+    """The summary stored in ``root``'s marker file (a dict), or None when absent or unreadable."""
     try:
         stored = json.loads((root / MARKER).read_text("utf-8"))
     except (OSError, ValueError):
         return None
-    if not isinstance(stored, dict) or any(stored.get(k) != v for k, v in params.items()):
+    return stored if isinstance(stored, dict) else None
+
+
+def _complete(root, params):
+    """The stored summary if ``root`` holds a complete set made with ``params``, else None."""
+    stored = _marker(root)
+    if stored is None or any(stored.get(k) != v for k, v in params.items()):
         return None
     for split, (images, masks) in SPLITS.items():
         n = params[f"n_{split}"]
@@ -210,11 +216,8 @@ def _complete(root, params):
 def _older_format(root, params):
     """The format version of a set at ``root`` written by an older generator with the same
     parameters (safe to replace: it is generated data), else None."""
-    try:
-        stored = json.loads((root / MARKER).read_text("utf-8"))
-    except (OSError, ValueError):
-        return None
-    if not isinstance(stored, dict) or stored.get("generator") != params["generator"]:
+    stored = _marker(root)
+    if stored is None or stored.get("generator") != params["generator"]:
         return None
     version = stored.get("format_version")
     same = all(stored.get(k) == v for k, v in params.items() if k != "format_version")
