@@ -217,12 +217,11 @@ def _older_format(root, params):
     """The format version of a set at ``root`` written by an older generator with the same
     parameters (safe to replace: it is generated data), else None."""
     stored = _marker(root)
-    if stored is None or stored.get("generator") != params["generator"]:
+    if stored is None or any(stored.get(k) != v for k, v in params.items() if k != "format_version"):
         return None
     version = stored.get("format_version")
-    same = all(stored.get(k) == v for k, v in params.items() if k != "format_version")
     older = isinstance(version, int) and not isinstance(version, bool) and version < FORMAT_VERSION
-    return version if same and older else None
+    return version if older else None
 
 
 def _write_case(tmp, seed, source_size, split_index, i, images, masks):
