@@ -130,13 +130,22 @@ def read_image(path: Path) -> tuple[Image.Image, list[str]]:
 
 
 def read_mask(path: Path) -> tuple[np.ndarray, list[str], bool]:
-    """Binary mask (bool H x W, value > 128), notes, and whether it was not strictly 0/255."""
+    """Binary mask (bool H x W), notes, and whether it was not strictly 0/255 (nor 0/1).
+
+    Lesion is value > 128 (the ISIC scorer's rule), except in a 0/1 mask (largest value 1), where it
+    is value 1, and in a palette mask, where it is any non-zero palette index whatever its colour.
+    """
     img = _open(path)
     notes = []
+    if img.mode == "P":
+        notes.append(f"{path.name}: palette mask read by index (non-zero index is lesion)")
+        return np.asarray(img) > 0, notes, False
     if img.mode not in ("L", "1"):
         notes.append(f"{path.name}: {img.mode} mask converted to grayscale")
         img = img.convert("L")
     arr = np.asarray(img.convert("L"))
+    if arr.max() == 1:  # 0/1 mask: "> 128" would read it as all background
+        return arr > 0, notes, False
     non_binary = bool(np.any((arr != 0) & (arr != 255)))
     return arr > MASK_THRESHOLD, notes, non_binary
 
