@@ -1,13 +1,21 @@
 """Evaluate a checkpoint exactly as the ISIC 2016 challenge scores it: at each image's original size.
 
-    python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT --split test --out DIR
-                               [--batch-size 16] [--device auto] [--tta] [--image-size N]
+    python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT [--split test] --out DIR [options]
+    python -m helpers.evaluate --checkpoint CKPT --images DIR [--masks DIR [--mask-suffix _Segmentation]]
+                               --out DIR [options]
+    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--quiet]
+
+``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
+(or one), pairing ``stem.ext`` with ``<stem><suffix>.ext`` (:mod:`helpers.pairing`), e.g. PH2's
+``IMD002.bmp`` with ``IMD002_lesion.bmp`` (``--mask-suffix _lesion``). Masks may be 0/255, 0/1 or
+palette images (:func:`helpers.data.read_mask`).
 
 Each image is resized as in training (:func:`helpers.data.load_sample`), the model runs at
 image_size x image_size, its logits are upsampled bilinearly (align_corners=False) to the original
 height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
 
-- ``masks/ISIC_XXXXXXX_segmentation.png``: 8-bit grayscale, 0/255, original size (submission format);
+- ``masks/<id>_segmentation.png`` (id: ISIC_XXXXXXX, or the image's stem): 8-bit grayscale, 0/255,
+  original size (submission format);
 - with ground truth: ``per_image.csv`` (id, height, width and the six ISIC metrics) and
   ``summary.json`` ("macro": the challenge numbers, "micro": pooled Jaccard and Dice, settings);
 - without a ground-truth folder: the masks and a ``summary.json`` whose "macro"/"micro" are null.
@@ -37,6 +45,7 @@ from . import metrics
 from .data import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
 from .errors import DataError, ProjectError
 from .io import atomic_path, write_csv, write_json
+from .pairing import DEFAULT_MASK_SUFFIX, pair_folders
 from .train import load_checkpoint, resolve_device
 
 DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor the checkpoint gives one
@@ -105,7 +114,32 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
     Writes masks/, per_image.csv and summary.json under ``out_dir`` (nothing when it is None) and
     returns the summary dict written to summary.json.
     """
-    start, checkpoint, data_dir = time.perf_counter(), Path(checkpoint), Path(data_dir)
+    data_dir = Path(data_dir)
+    samples = list_split(data_dir, split, require_masks=False)
+    source = {"data_dir": str(data_dir), "split": split, "data_source": SOURCE_LABELS[source_of(data_dir)]}
+    return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
+                     progress=progress, image_size=image_size)
+
+
+def evaluate_folders(checkpoint, images_dir, masks_dir=None, out_dir=None, *,
+                     mask_suffix: str = DEFAULT_MASK_SUFFIX, batch_size: int = 16, device: str = "auto",
+                     tta: bool = False, progress: bool = True, image_size: int | None = None) -> dict:
+    """:func:`evaluate_checkpoint` for any two folders: each image ``stem.ext`` of ``images_dir``
+    with the mask ``<stem><mask_suffix>.*`` of ``masks_dir`` (see :mod:`helpers.pairing`); masks
+    only, unscored, when ``masks_dir`` is None. Same outputs; submission masks are
+    ``<stem>_segmentation.png``."""
+    samples = pair_folders(images_dir, masks_dir, mask_suffix)
+    source = {"data_dir": None, "split": None, "data_source": "image folders",
+              "images_dir": str(images_dir), "masks_dir": None if masks_dir is None else str(masks_dir),
+              "mask_suffix": None if masks_dir is None else mask_suffix}
+    return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
+                     progress=progress, image_size=image_size)
+
+
+def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: int, device: str, tta: bool,
+              progress: bool, image_size: int | None) -> dict:
+    """Predict and score ``samples`` (all with masks or none); ``source`` goes into the summary."""
+    start, checkpoint = time.perf_counter(), Path(checkpoint)
     if batch_size < 1:
         raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
     try:
@@ -114,9 +148,8 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
         raise ProjectError(str(exc)) from exc
     model, ckpt = _open_model(checkpoint, dev)
     settings = ckpt.get("settings", {})
-    source = "argument" if image_size else "checkpoint" if settings.get("image_size") else "default"
+    size_source = "argument" if image_size else "checkpoint" if settings.get("image_size") else "default"
     image_size = int(image_size or settings.get("image_size") or DEFAULT_IMAGE_SIZE)
-    samples = list_split(data_dir, split, require_masks=False)
     has_truth = samples[0].mask is not None
     mask_dir = None if out_dir is None else Path(out_dir) / "masks"
     if mask_dir is not None and mask_dir.is_dir():  # same names are replaced; others would mix runs
@@ -125,8 +158,8 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
             raise DataError(f"{mask_dir}: holds {len(stale)} file(s) not of this split ({', '.join(stale[:3])}); "
                             "choose an empty --out folder")
     counts, rows = [], []
-    with ThreadPoolExecutor() as pool, tqdm(total=len(samples), desc=f"evaluate {split}", disable=not progress,
-                                            leave=False) as bar:
+    with ThreadPoolExecutor() as pool, tqdm(total=len(samples), desc=f"evaluate {source['split'] or ''}".strip(),
+                                            disable=not progress, leave=False) as bar:
         for i in range(0, len(samples), batch_size):
             batch = samples[i:i + batch_size]
             loaded = list(pool.map(partial(_load, image_size=image_size), batch))
@@ -140,9 +173,8 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
                 rows += [(s.id, *d["size"]) for s, d in zip(batch, loaded)]
             bar.update(len(batch))
     summary = {"n_images": len(samples), "ground_truth": has_truth, "macro": None, "micro": None,
-               "checkpoint": str(checkpoint), "data_dir": str(data_dir), "split": split,
-               "data_source": SOURCE_LABELS[source_of(data_dir)],
-               "image_size": image_size, "image_size_source": source, "tta": bool(tta),
+               "checkpoint": str(checkpoint), **source,
+               "image_size": image_size, "image_size_source": size_source, "tta": bool(tta),
                "resolution": "original", "model": ckpt.get("config"), "settings": settings}
     if has_truth:
         counts = torch.cat(counts)
@@ -162,18 +194,38 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
 
 def summary_line(summary: dict, out_dir) -> str:
     """The one-line report printed by the CLI."""
-    head = f"evaluate: {summary['n_images']} {summary['split']} images{' (TTA)' if summary['tta'] else ''}"
+    which = f"{summary['split']} images" if summary["split"] else f"images of {summary['images_dir']}"
+    head = f"evaluate: {summary['n_images']} {which}{' (TTA)' if summary['tta'] else ''}"
     scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
               if summary["macro"] else "no ground truth, masks only")
     return f"{head}, {scores}, written to {out_dir} in {summary['seconds']:.0f} s"
+
+
+def _check_inputs(args: argparse.Namespace) -> None:
+    """Exactly one way to name the data: --data-dir [--split], or --images [--masks] [--mask-suffix]."""
+    if args.data_dir is not None and args.images is not None:
+        raise ProjectError("give either --data-dir (the ISIC 2016 layout) or --images [--masks] (any two folders), "
+                           "not both")
+    if args.data_dir is None and args.images is None:
+        raise ProjectError("no data: give --data-dir ROOT (the ISIC 2016 layout) or --images DIR [--masks DIR]")
+    if args.data_dir is not None and (args.masks is not None or args.mask_suffix is not None):
+        raise ProjectError("--masks and --mask-suffix go with --images, not with --data-dir")
+    if args.images is not None and args.split is not None:
+        raise ProjectError("--split goes with --data-dir, not with --images")
+    if args.masks is None and args.mask_suffix is not None:
+        raise ProjectError("--mask-suffix needs --masks DIR")
 
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 with one 'error:' line on a ProjectError)."""
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by training")
-    parser.add_argument("--data-dir", required=True, type=Path, help="a folder in the ISIC 2016 Part 1 layout")
-    parser.add_argument("--split", default="test", choices=("train", "test"))
+    parser.add_argument("--data-dir", type=Path, help="a folder in the ISIC 2016 Part 1 layout")
+    parser.add_argument("--split", choices=("train", "test"), help="with --data-dir (default: test)")
+    parser.add_argument("--images", type=Path, help="instead of --data-dir: a folder of images (any format PIL reads)")
+    parser.add_argument("--masks", type=Path, help="with --images: the folder of their ground-truth masks")
+    parser.add_argument("--mask-suffix", help=f"with --masks: image stem.ext pairs with mask <stem><suffix>.ext "
+                                              f"(default: {DEFAULT_MASK_SUFFIX})")
     parser.add_argument("--out", required=True, type=Path, help="output folder (masks/, per_image.csv, summary.json)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
@@ -182,12 +234,17 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"model input size (default: the checkpoint's, else {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
-    if args.tta:
-        print("evaluate: test-time augmentation is ON (mean logits of the image, its h-flip and v-flip)")
+    options = dict(batch_size=args.batch_size, device=args.device, tta=args.tta, progress=not args.quiet,
+                   image_size=args.image_size)
     try:
-        summary = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split, args.out,
-                                      batch_size=args.batch_size, device=args.device, tta=args.tta,
-                                      progress=not args.quiet, image_size=args.image_size)
+        _check_inputs(args)
+        if args.tta:
+            print("evaluate: test-time augmentation is ON (mean logits of the image, its h-flip and v-flip)")
+        if args.images is not None:
+            summary = evaluate_folders(args.checkpoint, args.images, args.masks, args.out,
+                                       mask_suffix=args.mask_suffix or DEFAULT_MASK_SUFFIX, **options)
+        else:
+            summary = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split or "test", args.out, **options)
     except ProjectError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1
