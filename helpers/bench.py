@@ -4,6 +4,7 @@
                             [--source-size 2048x1536 [WxH ...] | --sweep | --data ROOT]
                             [--steps 10] [--warmup 2] [--repeats 3]
                             [--json runs/bench.json] [--device auto] [--amp auto] [--channels-last auto]
+                            [--augment]
 
 For each source size a temporary synthetic set of ``--images`` JPEGs of that size is written, and
 images per second are measured for Model 2 (report decoder, fine-tuned, random init) trained with
@@ -12,6 +13,8 @@ NAdam (lr 1e-3) and BCEWithLogitsLoss by :func:`helpers.train.train_one_epoch`, 
 - ``compute``: batches already in memory as float tensors - the limit;
 - ``pipeline``: the real training input - the uint8 cache (:class:`helpers.data.TensorSegmentation`)
   through :func:`helpers.train.make_loader`; building the cache is timed apart (``cache_build_s``);
+  with ``--augment``, each batch is also augmented on the training device by
+  :func:`helpers.recipe.augment_batch` (its default flips, rot90, zoom and colour jitter);
 - ``naive``: :class:`helpers.data.FileSegmentation` (open, decode and resize the JPEG and mask for
   every item) through a DataLoader with num_workers=0, as the report's notebook did.
 
@@ -45,6 +48,7 @@ from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .io import write_json
 from .model import REPORT_CHANNELS, build_model
+from .recipe import augment_batch
 from .synthetic import _size_arg, write_synthetic_dataset
 from .train import (amp_name, load_checkpoint, make_loader, resolve_channels_last, resolve_device, save_run,
                     train_one_epoch)
@@ -79,6 +83,14 @@ def _forever(loader):
         yield from loader
 
 
+def _augmented(batches, device: torch.device, generator: torch.Generator):
+    """The batches moved to ``device`` and augmented there by :func:`helpers.recipe.augment_batch`."""
+    for batch in batches:
+        images, masks = augment_batch(batch["image"].to(device, non_blocking=True),
+                                      batch["mask"].to(device, non_blocking=True), generator)
+        yield {**batch, "image": images, "mask": masks}
+
+
 def train_throughput(batches, steps: int, warmup: int, device: torch.device, *, seed: int, amp, channels_last,
                      desc: str, progress: bool) -> tuple[float, torch.nn.Module]:
     """Images per second of ``steps`` training steps on ``batches`` (an iterator) after ``warmup`` untimed ones."""
@@ -102,7 +114,7 @@ def train_throughput(batches, steps: int, warmup: int, device: torch.device, *, 
 
 def bench_size(source_size: tuple[int, int] | None, work: Path, *, image_size: int, batch_size: int, images: int,
                test_images: int, steps: int, warmup: int, device: torch.device, amp, channels_last,
-               repeats: int = 3, seed: int = 0, progress: bool = True, data_root=None) -> dict:
+               repeats: int = 3, seed: int = 0, progress: bool = True, data_root=None, augment: bool = False) -> dict:
     """All the figures for one source size (width, height), on a synthetic set written under ``work``.
 
     With ``data_root`` (and ``source_size`` None) the figures are for that ISIC-layout folder: the
@@ -131,6 +143,8 @@ def bench_size(source_size: tuple[int, int] | None, work: Path, *, image_size: i
     files = make_loader(FileSegmentation(root, "train", image_size), batch_size, True,
                         torch.Generator().manual_seed(seed), device, num_workers=0)
     feeds = {"compute": itertools.cycle(in_memory), "pipeline": _forever(loader), "naive": _forever(files)}
+    if augment:  # the generator lives on the device, as augment_batch asks
+        feeds["pipeline"] = _augmented(feeds["pipeline"], device, torch.Generator(device=device).manual_seed(seed))
     rounds = {row: [] for row in ROWS}
     for _ in range(repeats):
         for row in ROWS:
@@ -176,7 +190,7 @@ def format_table(r: dict, settings: dict) -> str:
                                                     *r["source_height_range"]))
     lines = [f"{source} -> {settings['image_size']}x{settings['image_size']}, batch {settings['batch_size']}, "
              f"{r['train_images']} training images, {settings['steps']} timed steps, "
-             f"best of {settings['repeats']} rounds",
+             f"best of {settings['repeats']} rounds" + (", pipeline augmented" if settings["augment"] else ""),
              f"  {'row':<10}{'images/s':>10}{'x compute':>11}{'ms/image':>10}  rounds (images/s)"]
     lines += [f"  {row:<10}{ips[row]:>10.2f}{ips[row] / ips['compute']:>11.2f}{1e3 / ips[row]:>10.1f}  "
               + " ".join(f"{v:.1f}" for v in r["images_per_s_rounds"][row]) for row in ROWS]
@@ -193,7 +207,7 @@ def format_table(r: dict, settings: dict) -> str:
 def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, images: int = 64, test_images: int = 16,
               steps: int = 10, warmup: int = 2, repeats: int = 3, device: str = "auto", amp="auto",
               channels_last="auto", seed: int = 0, json_path=None, progress: bool = True, log=print,
-              data_root=None) -> dict:
+              data_root=None, augment: bool = False) -> dict:
     """Run :func:`bench_size` for every (width, height) in ``source_sizes``, or once on the ISIC-layout
     folder ``data_root`` when it is given (``source_sizes`` is then ignored); write and return the results."""
     for name, value, low in (("image_size", image_size, 32), ("batch_size", batch_size, 1), ("images", images, 1),
@@ -211,7 +225,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
                 "optimizer": "NAdam lr 0.001", "loss": "BCEWithLogitsLoss",
                 "amp": amp_name(amp, dev),
                 "channels_last": resolve_channels_last(channels_last, dev), "naive_num_workers": 0,
-                "data_root": data_root and str(data_root)}
+                "data_root": data_root and str(data_root), "augment": augment}
     out = {"settings": settings, "machine": machine_info(dev), "runs": []}
     start = time.perf_counter()
     for size in [None] if data_root is not None else source_sizes:
@@ -219,7 +233,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
             r = bench_size(size and tuple(size), Path(tmp), image_size=image_size, batch_size=batch_size,
                            images=images, test_images=test_images, steps=steps, warmup=warmup, device=dev, amp=amp,
                            channels_last=channels_last, repeats=repeats, seed=seed, progress=progress,
-                           data_root=data_root)
+                           data_root=data_root, augment=augment)
         out["runs"].append(r)
         log(format_table(r, settings))
     out["peak_rss_mb"], out["seconds"] = peak_rss_mb(), time.perf_counter() - start
@@ -256,6 +270,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--amp", default="auto", choices=SWITCH, help="mixed precision (auto: on for CUDA only)")
     parser.add_argument("--channels-last", default="auto", choices=SWITCH, help="NHWC (auto: on for CUDA and CPU)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--augment", action="store_true",
+                        help="augment every pipeline batch on the training device (helpers.recipe.augment_batch)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
     args = parser.parse_args(argv)
     try:
@@ -263,7 +279,7 @@ def main(argv: list[str] | None = None) -> int:
                   images=args.images, test_images=args.test_images, steps=args.steps, warmup=args.warmup,
                   repeats=args.repeats, device=args.device, amp=SWITCH[args.amp],
                   channels_last=SWITCH[args.channels_last], seed=args.seed, json_path=args.json,
-                  progress=not args.quiet, data_root=args.data)
+                  progress=not args.quiet, data_root=args.data, augment=args.augment)
     except ProjectError as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1

@@ -6,11 +6,12 @@ import pytest
 from helpers import bench
 
 
-def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys):
+@pytest.mark.parametrize("augment", [[], ["--augment"]])
+def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys, augment):
     out = tmp_path / "out" / "bench.json"
     assert bench.main(["--images", "8", "--test-images", "2", "--source-size", "320x240", "--steps", "2",
                        "--warmup", "1", "--repeats", "2", "--batch-size", "4", "--image-size", "64", "--device", "cpu",
-                       "--json", str(out), "--quiet"]) == 0
+                       "--json", str(out), "--quiet", *augment]) == 0
     result = json.loads(out.read_text())
     assert [r["source_size"] for r in result["runs"]] == [[320, 240]]
     run = result["runs"][0]
@@ -24,10 +25,12 @@ def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys):
     assert run["cache_mb"] >= run["cache_raw_uint8_mb"] == 8 * 4 * 64 * 64 / 1e6  # uint8 images + masks
     assert result["settings"]["steps"] == 2 and result["settings"]["amp"] == "off"
     assert result["settings"]["repeats"] == 2 and result["settings"]["channels_last"] is True
+    assert result["settings"]["augment"] is bool(augment)
     machine = result["machine"]
     assert machine["device"] == "cpu" and machine["cpu_count"] >= 1 and machine["torch_threads"] >= 1
     printed = capsys.readouterr().out
     assert "pipeline/compute" in printed and printed.strip().splitlines()[-1].startswith("bench: ")
+    assert ("pipeline augmented" in printed) is bool(augment)
     assert not [p for p in out.parent.iterdir() if p.name.startswith(".")]  # written atomically
 
 
