@@ -18,6 +18,10 @@ DEVICE ?= auto
 ENCODER_WEIGHTS ?= auto
 NAME ?= default
 TTA ?=
+# Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, VAL_FRACTION, SPLIT_SEED,
+# ISIC_URL, M3_IMAGE_SIZE, M3_EPOCHS, M3_AUGMENT (on|off), M3_LOSS, M3_SCHEDULE, M3_SELECT.
+OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL M3_IMAGE_SIZE M3_EPOCHS M3_AUGMENT M3_LOSS M3_SCHEDULE M3_SELECT
+option = $(if $($(1)),--$(subst _,-,$(shell echo $(1) | tr A-Z a-z)) $($(1)))
 REPRODUCE_ARGS ?=
 
 .PHONY: all venv reproduce test test-fast test-long notebook-outputs data synthetic check lab clean
@@ -34,7 +38,8 @@ venv: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --seeds $(SEEDS) --device $(DEVICE) \
-	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) $(REPRODUCE_ARGS)
+	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) \
+	  $(foreach v,$(OPTIONAL),$(call option,$(v))) $(REPRODUCE_ARGS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest
@@ -50,7 +55,7 @@ notebook-outputs: $(STAMP)
 	$(BIN)/python tests/nbtiny.py --update
 
 data: $(STAMP)
-	$(BIN)/python -m helpers.data download data/isic2016
+	$(BIN)/python -m helpers.data download data/isic2016 $(if $(ISIC_URL),--base-url $(ISIC_URL))
 
 synthetic: $(STAMP)
 	$(BIN)/python -m helpers.data synthetic data/synthetic

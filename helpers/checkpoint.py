@@ -29,7 +29,10 @@ from .model import SegmentationModel, build_model, saved_decoder_widths
 STATE = "last.pt"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
-COMPARED = ("image_size", "epochs", "batch_size", "lr", "seed", "optimizer", "loss", "n_train", "n_test")
+COMPARED = ("image_size", "epochs", "batch_size", "lr", "seed", "optimizer", "loss", "n_train", "n_test",
+            "eval_split", "select", "augment", "schedule")
+# what a run saved before a setting existed did: the report's recipe, scored on the test split
+SAVED_DEFAULTS = {"eval_split": "test", "select": "last", "augment": "off", "schedule": "constant"}
 
 
 def rng_states(generator: torch.Generator) -> dict:
@@ -52,18 +55,23 @@ def restore_rng_states(states: dict, generator: torch.Generator) -> None:
         torch.cuda.set_rng_state_all(states["cuda"])
 
 
-def _cpu_state(module) -> dict:
+def cpu_state(module) -> dict:
+    """The module's state dict, copied to the CPU."""
     return {k: v.detach().cpu() for k, v in module.state_dict().items()}
 
 
 def save_state(out_dir: str | Path, model: SegmentationModel, optimizer: torch.optim.Optimizer,
-               history: list[dict], settings: dict, generator: torch.Generator) -> Path:
-    """``last.pt`` after epoch len(history), atomically (an interruption leaves the previous one)."""
+               history: list[dict], settings: dict, generator: torch.Generator, extra: dict | None = None) -> Path:
+    """``last.pt`` after epoch len(history), atomically (an interruption leaves the previous one).
+
+    ``extra``: further state a resumed run needs (the lr scheduler, the augmentation generator, the
+    best epoch's weights), given back by :func:`start_or_resume`.
+    """
     path = Path(out_dir) / STATE
     with atomic_path(path) as tmp:
-        torch.save({"epoch": len(history), "model": _cpu_state(model), "optimizer": optimizer.state_dict(),
+        torch.save({"epoch": len(history), "model": cpu_state(model), "optimizer": optimizer.state_dict(),
                     "history": history, "settings": settings, "config": model.config,
-                    "rng": rng_states(generator)}, tmp)
+                    "rng": rng_states(generator), "extra": extra or {}}, tmp)
     return path
 
 
@@ -78,8 +86,8 @@ def _read(path: Path) -> dict:
 
 def _check_same(path: Path, saved: dict, settings: dict, config: dict) -> None:
     """RunStateError naming ``path`` and every setting that differs from the saved run's."""
-    diffs = [f"{k} {saved['settings'].get(k)!r} saved, {settings[k]!r} now" for k in COMPARED
-             if saved["settings"].get(k) != settings[k]]
+    old = {k: saved["settings"].get(k, SAVED_DEFAULTS.get(k)) for k in COMPARED}
+    diffs = [f"{k} {old[k]!r} saved, {settings.get(k)!r} now" for k in COMPARED if old[k] != settings.get(k)]
     diffs += [f"model {k} {saved['config'].get(k)!r} saved, {v!r} now" for k, v in config.items()
               if saved["config"].get(k) != v]
     if diffs:
@@ -89,10 +97,10 @@ def _check_same(path: Path, saved: dict, settings: dict, config: dict) -> None:
 
 def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: torch.optim.Optimizer,
                     generator: torch.Generator, settings: dict, overwrite: bool = False, log=print
-                    ) -> tuple[list[dict], bool]:
+                    ) -> tuple[list[dict], bool, dict]:
     """Put ``model``, ``optimizer`` and the RNGs where ``out_dir``'s saved run left them.
 
-    Returns (history so far, finished). Nothing saved, or ``overwrite``: ([], False), and with
+    Returns (history so far, finished, the ``extra`` state saved with last.pt or {}). Nothing saved, or ``overwrite``: ([], False), and with
     ``overwrite`` the earlier last.pt, checkpoint.pt and history.json are removed first. An
     unfinished run: its history after restoring last.pt. A finished run: its history and True,
     with checkpoint.pt's weights loaded into ``model``. Other settings raise RunStateError.
@@ -105,7 +113,7 @@ def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: to
             p.unlink(missing_ok=True)
         if removed and log:
             log(f"{out_dir}: overwrite: removed the earlier {', '.join(removed)}; training from scratch")
-        return [], False
+        return [], False, {}
     state_path, final = files[0], files[1]
     if state_path.is_file():
         state = _read(state_path)
@@ -115,7 +123,7 @@ def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: to
         restore_rng_states(state["rng"], generator)
         if log:
             log(f"{out_dir}: resuming after epoch {state['epoch']} of {settings['epochs']} (from {STATE})")
-        return state["history"], False
+        return state["history"], False, state.get("extra", {})
     if final.is_file():
         ckpt = _read(final)
         _check_same(final, ckpt, settings, model.config)
@@ -123,17 +131,21 @@ def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: to
         if log:
             log(f"{out_dir}: reused the finished training in {CHECKPOINT} ({len(ckpt['history'])} epochs, same "
                 "settings); pass overwrite=True to retrain")
-        return ckpt["history"], True
-    return [], False
+        return ckpt["history"], True, {}
+    return [], False, {}
 
 
-def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, history: list[dict]) -> None:
-    """history.json and checkpoint.pt (weights, model config, settings, history), atomically; then
-    removes last.pt, which the finished run no longer needs."""
+def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, history: list[dict],
+             selected_epoch: int | None = None) -> None:
+    """history.json and checkpoint.pt (weights, model config, settings, history and the epoch whose
+    weights these are), atomically; then removes last.pt, which the finished run no longer needs."""
     out_dir = Path(out_dir)
-    write_json(out_dir / HISTORY, {"settings": settings, "model": model.config, "history": history})
+    selected = selected_epoch or len(history)
+    write_json(out_dir / HISTORY, {"settings": settings, "model": model.config, "history": history,
+                                   "selected_epoch": selected})
     with atomic_path(out_dir / CHECKPOINT) as tmp:
-        torch.save({"model": _cpu_state(model), "config": model.config, "settings": settings, "history": history}, tmp)
+        torch.save({"model": cpu_state(model), "config": model.config, "settings": settings, "history": history,
+                    "selected_epoch": selected}, tmp)
     (out_dir / STATE).unlink(missing_ok=True)
 
 

@@ -9,12 +9,21 @@ from __future__ import annotations
 
 import pandas as pd
 
-from .experiment import mean_sd
+from pathlib import Path
+
+from .experiment import load_result, mean_sd
 
 MODELS = {  # run name -> label
     "model1_frozen": "Model 1 (frozen encoder)",
     "model2_finetuned": "Model 2 (fine-tuned encoder)",
     "model3_unet": "Model 3 (fine-tuned, U-Net decoder)",
+}
+SHORT = {"model1_frozen": "Model 1 (frozen)", "model2_finetuned": "Model 2 (fine-tuned)",
+         "model3_unet": "Model 3 (U-Net decoder)"}
+NOTEBOOK_OF = {  # run name -> the notebook that trains it
+    "model1_frozen": "02_model1_frozen_encoder.ipynb",
+    "model2_finetuned": "03_model2_finetuned.ipynb",
+    "model3_unet": "04_model3_unet_decoder.ipynb",
 }
 REPORT = {  # what the report states for its test set (one run each, 128x128)
     "model1_frozen": {"dice": 0.752, "iou": 0.2985},
@@ -26,6 +35,40 @@ PUBLISHED = [  # ISIC 2016 Part 1 test set, mean per-image metrics at the origin
     {"method": "Yuan et al. 2017 (IEEE TMI, FCN with Jaccard-distance loss)", "jaccard": 0.847},
 ]
 COLUMNS = ("jaccard", "dice", "accuracy", "sensitivity", "specificity")
+
+
+def available_results(run_dir: str | Path, log=print) -> dict[str, dict]:
+    """What the model notebooks saved under ``run_dir``, for the models that have been run; one line
+    per missing model, naming the notebook that makes it."""
+    results = {}
+    for name, label in MODELS.items():
+        if (Path(run_dir) / name / "summary.json").is_file():
+            results[name] = load_result(run_dir, name)
+        elif log:
+            log(f"{label}: no results in {Path(run_dir) / name} - run notebooks/{NOTEBOOK_OF[name]} to make them")
+    if not results:
+        log(f"no model results in {run_dir} yet: the tables and figures below stay empty")
+    return results
+
+
+def pair_scatter(results: dict[str, dict], a: str, b: str, note: str, path: str | Path, log=print):
+    """The per-image IoU scatter of model ``a`` against ``b``, saved to ``path``; None (with one line,
+    and an earlier run's figure at ``path`` removed) when one of the two has not been run."""
+    from .plots import iou_scatter, save_figure
+
+    if a not in results or b not in results:
+        Path(path).unlink(missing_ok=True)
+        log(f"{Path(path).name} not made: it needs {MODELS[a]} and {MODELS[b]}")
+        return None
+    fig = iou_scatter(*paired_ious(per_image_jaccard(results[a]), per_image_jaccard(results[b])),
+                      SHORT[a], SHORT[b], note)
+    save_figure(fig, path)
+    return fig
+
+
+def first_run(results: dict[str, dict]) -> dict | None:
+    """The first seed's metrics of the first model that has been run (for its provenance)."""
+    return next((res["runs"][0]["metrics"] for res in results.values()), None)
 
 
 def iou_bounds_from_dice(mean_dice: float) -> tuple[float, float]:
@@ -50,7 +93,7 @@ def comparison_table(results: dict[str, dict]) -> pd.DataFrame:
         rows.append({"model": MODELS[name], "seeds": len(res["runs"]), **{f"our {k}": _fmt(res, "macro", k) for k in COLUMNS},
                      "report Dice": rep.get("dice", "-"), "report IoU": rep.get("iou", "-"),
                      "IoU implied by report Dice": f"{implied[0]:.3f}-{implied[1]:.3f}" if implied else "-"})
-    return pd.DataFrame(rows).set_index("model")
+    return pd.DataFrame(rows, columns=list(rows[0]) if rows else ["model"]).set_index("model")
 
 
 def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
@@ -60,7 +103,8 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
     rows = []
     for name, res in results.items():
         src = res["summary"]["data_source"]
-        rows.append({"method": f"{MODELS[name]} - ours, {src}", "jaccard": _fmt(res, "original", "jaccard"),
+        split = res["summary"].get("scored_split", "test")
+        rows.append({"method": f"{MODELS[name]} - ours, {src}, {split} split", "jaccard": _fmt(res, "original", "jaccard"),
                      "dice": _fmt(res, "original", "dice"), "accuracy": _fmt(res, "original", "accuracy")})
         if "original_tta" in res["summary"]:
             rows.append({"method": f"{MODELS[name]} - ours with flip TTA", "jaccard": _fmt(res, "original_tta", "jaccard"),
@@ -81,7 +125,7 @@ def iou_correction(results: dict[str, dict]) -> pd.DataFrame:
             rows.append({"model": MODELS[name], "source": who, "mean Dice": round(dice, 4),
                          "mean IoU": round(iou, 4), "allowed IoU range": f"{lo:.4f}-{hi:.4f}",
                          "consistent": bool(lo - 1e-9 <= iou <= hi + 1e-9)})
-    return pd.DataFrame(rows).set_index(["model", "source"])
+    return pd.DataFrame(rows, columns=list(rows[0]) if rows else ["model", "source"]).set_index(["model", "source"])
 
 
 def per_image_jaccard(result: dict, key: str = "original") -> dict[str, float]:
@@ -107,6 +151,9 @@ def paired_table(results: dict[str, dict], pairs=(("model1_frozen", "model2_fine
         if a in results and b in results:
             ja, jb = paired_ious(per_image_jaccard(results[a]), per_image_jaccard(results[b]))
             rows.append({"comparison": f"{MODELS[b]} - {MODELS[a]}", **paired_bootstrap(ja, jb)})
+    if not rows:
+        return pd.DataFrame(columns=["mean_difference", "ci_low", "ci_high", "n_images", "b_better", "a_better"],
+                            index=pd.Index([], name="comparison"))
     return pd.DataFrame(rows).set_index("comparison").round(4)
 
 

@@ -243,6 +243,31 @@ def _extract(zip_path: Path, archive: Archive, root: Path) -> None:
             shutil.rmtree(tmp, ignore_errors=True)
 
 
+def probe_archive(base_url: str = BASE_URL, archives: tuple[Archive, ...] = ARCHIVES, timeout: float = 5.0
+                  ) -> dict[str, int | None]:
+    """Ask the archive server for the size of each archive (HTTP HEAD) without downloading anything.
+
+    The first request is the reachability check: no answer within ``timeout`` seconds, or a refusal,
+    raises DownloadError at once with the reason. Returns {archive name: size in bytes, or None
+    where the server states none}.
+    """
+    sizes = {}
+    for archive in archives:
+        url = base_url + ("" if base_url.endswith("/") else "/") + archive.name
+        request = urllib.request.Request(url, method="HEAD", headers={"User-Agent": "isic2016-mobilenet-seg"})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get("Content-Length")
+        except urllib.error.HTTPError as exc:
+            exc.close()
+            raise DownloadError(f"the ISIC archive refused {url}: HTTP {exc.code} {exc.reason}") from None
+        except (urllib.error.URLError, OSError, http.client.HTTPException) as exc:
+            reason = getattr(exc, "reason", None) or exc or type(exc).__name__
+            raise DownloadError(f"the ISIC archive did not answer at {url} within {timeout:g} s: {reason}") from None
+        sizes[archive.name] = int(length) if length and length.isdigit() else None
+    return sizes
+
+
 def download_isic2016(root, base_url: str = BASE_URL, archives: tuple[Archive, ...] = ARCHIVES, *,
                       timeout: float = 30.0, progress: bool = True, keep_archives: bool = False) -> Path:
     """Make sure every archive's folder is complete under ``root``; return ``root`` as a Path.

@@ -108,15 +108,25 @@ def _open_model(checkpoint: Path, device: torch.device):
 
 def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None, *, batch_size: int = 16,
                         device: str = "auto", tta: bool = False, progress: bool = True,
-                        image_size: int | None = None) -> dict:
+                        image_size: int | None = None, ids: list[str] | None = None) -> dict:
     """Predict every image of ``split`` at its original size; score it when ground truth exists.
+
+    ids: only these images of the split (e.g. a validation split held out of the training split);
+    an id the split does not hold is an error.
 
     Writes masks/, per_image.csv and summary.json under ``out_dir`` (nothing when it is None) and
     returns the summary dict written to summary.json.
     """
     data_dir = Path(data_dir)
     samples = list_split(data_dir, split, require_masks=False)
-    source = {"data_dir": str(data_dir), "split": split, "data_source": SOURCE_LABELS[source_of(data_dir)]}
+    if ids is not None:
+        by_id = {s.id: s for s in samples}
+        absent = [i for i in ids if i not in by_id]
+        if absent:
+            raise DataError(f"{data_dir}: the {split} split holds no image {absent[0]} ({len(absent)} id(s) absent)")
+        samples = [by_id[i] for i in ids]
+    source = {"data_dir": str(data_dir), "split": split, "data_source": SOURCE_LABELS[source_of(data_dir)],
+              "ids": "all" if ids is None else f"{len(samples)} chosen ids"}
     return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
                      progress=progress, image_size=image_size)
 

@@ -17,16 +17,21 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data as data_mod
 from . import metrics, paths
-from .errors import DataError
+from .data import SOURCE_LABELS, SPLITS, DataWarning, TensorSegmentation, load_cached, load_dataset
+from . import download
+from .download import BASE_URL
+from .errors import DataError, DownloadError
+from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint
 from .model import SegmentationModel, build_model, parameter_counts
 from .train import evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
-LABELS = data_mod.SOURCE_LABELS
+LABELS = SOURCE_LABELS
+DEFAULT_VAL_FRACTION = 0.2  # held out when a folder has no test split
+PROBE_TIMEOUT = 5.0  # seconds the ISIC archive has to answer before DATA="auto" runs the synthetic set
 
 
 @dataclass(frozen=True)
@@ -50,13 +55,29 @@ class RunConfig:
     cache_dir: str | None = "data/cache"
     tta: bool = False               # also score with test-time augmentation (flips), reported separately
     progress: bool = True
+    val_fraction: float | None = None  # held out of the training ids; None: 0.2 without a test split, else 0
+    split_seed: int = 0             # seed of the held-out ids (the same for every training seed)
+    isic_url: str = BASE_URL        # where DATA="auto"/"isic2016" downloads ISIC 2016 from when absent
+    # Model 3's recipe (ours; Models 1 and 2 keep the report's). None: the run's value.
+    m3_image_size: int | None = None
+    m3_epochs: int | None = None
+    m3_augment: bool = False        # flips, 90-degree rotations, scale and crop, colour jitter
+    m3_loss: str = "bce"            # "bce" or "bce_dice"
+    m3_schedule: str = "constant"   # "constant", "cosine" (with warm-up) or "onecycle"
+    m3_select: str = "last"         # "last" epoch, or "best" validation Jaccard (needs a validation split)
 
     def __post_init__(self):
         if self.data not in SOURCES:
             raise ValueError(f"data must be one of {SOURCES}, got {self.data!r}")
-        for name in ("image_size", "epochs", "batch_size", "seeds"):
-            if int(getattr(self, name)) < 1:
+        for name in ("image_size", "epochs", "batch_size", "seeds", "m3_image_size", "m3_epochs"):
+            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
+        for name, allowed in (("m3_loss", ("bce", "bce_dice")), ("m3_schedule", ("constant", "cosine", "onecycle")),
+                              ("m3_select", ("last", "best"))):
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
     @property
     def run_path(self) -> Path:
@@ -74,66 +95,160 @@ def _under_root(path: str | Path) -> Path:
 
 @dataclass
 class Data:
+    """The splits of one run, decoded at one working size.
+
+    ``test`` is the folder's test split (None when it has none); ``val`` the validation split held
+    out of the training ids (None without one). ``scored`` is the split the report's protocol scores
+    after every epoch and at the end: the test split when there is one, else the validation split.
+    """
+
     source: str      # "isic2016" | "synthetic"
     root: Path
-    train: data_mod.TensorSegmentation
-    test: data_mod.TensorSegmentation
+    train: TensorSegmentation
+    test: TensorSegmentation | None
+    val: TensorSegmentation | None = None
+    split: dict | None = None  # the held-out ids (splits.split_record), when there is a validation split
+
+    @property
+    def scored(self) -> TensorSegmentation:
+        return self.test if self.test is not None else self.val
+
+    @property
+    def scored_name(self) -> str:
+        return "test" if self.test is not None else "validation"
 
     @property
     def label(self) -> str:
-        return LABELS[self.source]
+        """The data source, the folder, and the validation split when there is one."""
+        text = LABELS[self.source]
+        if self.source != "synthetic" and self.root.resolve() != paths.ISIC2016.resolve():
+            text += f" ({self.root.name})"
+        if self.split:
+            text += (f", {self.split['fraction']:.0%} validation split (split seed {self.split['seed']}, "
+                     f"{self.split['n_validation']} images)")
+        return text
+
+
+def has_split(root: Path, split: str) -> bool:
+    """True when ``root`` holds both folders (images and masks) of ``split``."""
+    return all((root / folder).is_dir() for folder in SPLITS[split])
 
 
 def isic_present(root: Path) -> bool:
-    return all((root / folder).is_dir() for pair in data_mod.SPLITS.values() for folder in pair)
+    return all(has_split(root, split) for split in SPLITS)
 
 
-def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
-    """Which data this run uses and where; generates the synthetic set on first use.
+def resolve_source(cfg: RunConfig, log=print) -> tuple[str, Path, str]:
+    """Which data this run uses, where, and a one-line reason; downloads or generates it when needed.
 
-    "auto" falls back to the synthetic set only when no data folder was named: a named folder
-    without the ISIC layout is an error.
+    - DATA="synthetic": the synthetic demo set (generated on first use; never the network).
+    - a folder (``data_dir``, else data/isic2016) with at least the ISIC 2016 training split: that folder.
+    - DATA="auto" with a named ``data_dir`` that lacks it: an error (a named folder is never swapped).
+    - otherwise the ISIC archive at ``cfg.isic_url`` is asked (one small request, a few seconds at
+      most): when it answers, the four archives are downloaded, verified and extracted
+      (:mod:`helpers.download`); when not, DATA="isic2016" fails and DATA="auto" runs the synthetic
+      demo set, saying why in one line.
     """
     if cfg.data in ("auto", "isic2016"):
         root = _under_root(cfg.data_dir) if cfg.data_dir else paths.ISIC2016
-        if isic_present(root):
-            return "isic2016", root
-        if cfg.data == "isic2016":
-            raise DataError(f"{root}: ISIC 2016 Part 1 data not found; download it with `make data` "
-                            f"(python -m helpers.data download {root})")
-        if cfg.data_dir:  # a folder named by the user is never swapped for the synthetic set
-            missing = next(f for pair in data_mod.SPLITS.values() for f in pair if not (root / f).is_dir())
+        if has_split(root, "train"):
+            what = "training and test splits" if has_split(root, "test") else "training split only"
+            return "isic2016", root, f"data: {root} ({what})"
+        if cfg.data == "auto" and cfg.data_dir:  # a folder named by the user is never swapped for the synthetic set
+            missing = next(f for f in SPLITS["train"] if not (root / f).is_dir())
             raise DataError(f"{root}: not a data folder in the ISIC 2016 Part 1 layout (no {missing} folder"
-                            f"{'' if root.is_dir() else '; the folder does not exist'}); pass --data synthetic to "
-                            "write the demo set there")
-    root = _under_root(cfg.data_dir) if cfg.data_dir and cfg.data == "synthetic" else paths.SYNTHETIC
+                            f"{'' if root.is_dir() else '; the folder does not exist'}); pass --data isic2016 to "
+                            "download ISIC 2016 into it, or --data synthetic to write the demo set there")
+        try:
+            sizes = download.probe_archive(cfg.isic_url, download.ARCHIVES, timeout=PROBE_TIMEOUT)
+            known = [v for v in sizes.values() if v is not None]
+            total = f"{sum(known) / 1e6:,.0f} MB in all as the server states" if len(known) == len(sizes) else \
+                "size not stated by the server"
+            log(f"data: ISIC 2016 Part 1 is not in {root}; downloading the {len(sizes)} archives from "
+                f"{cfg.isic_url} ({total}), then verifying and extracting them")
+            download.download_isic2016(root, cfg.isic_url, download.ARCHIVES, progress=cfg.progress)
+        except DownloadError as exc:
+            reason = " ".join(str(exc).split())
+            if cfg.data == "isic2016":
+                raise DataError(f"{root}: ISIC 2016 Part 1 data not found and not downloaded: {reason}") from None
+            root = paths.SYNTHETIC
+            line = (f"data: SYNTHETIC demo set, because ISIC 2016 Part 1 is not in {paths.ISIC2016} and could not be "
+                    f"downloaded ({reason}); to use the real data, run `make data` where the internet is reachable, "
+                    f"or put the four archives in {paths.ISIC2016 / '.downloads'}")
+            log(line)
+            _write_synthetic(cfg, root)
+            return "synthetic", root, line
+        return "isic2016", root, f"data: {root} (downloaded from {cfg.isic_url})"
+    root = _under_root(cfg.data_dir) if cfg.data_dir else paths.SYNTHETIC
+    _write_synthetic(cfg, root)
+    return "synthetic", root, f"data: SYNTHETIC demo set in {root} (DATA=synthetic)"
+
+
+def _write_synthetic(cfg: RunConfig, root: Path) -> None:
     from .synthetic import write_synthetic_dataset
 
     # a no-op when the set is there with these sizes; a set of other sizes is an error, not reused
     write_synthetic_dataset(root, n_train=cfg.synthetic_train, n_test=cfg.synthetic_test, seed=0,
                             progress=cfg.progress)
-    return "synthetic", root
 
 
-def prepare_data(cfg: RunConfig) -> Data:
-    """Both splits decoded and resized once (through the cache), with their source said plainly."""
-    source, root = resolve_source(cfg)
+def validation_fraction(cfg: RunConfig, root: Path) -> float:
+    """cfg.val_fraction, or for None: 0 when ``root`` has a test split (the report's protocol), else 0.2."""
+    if cfg.val_fraction is not None:
+        return float(cfg.val_fraction)
+    return 0.0 if has_split(root, "test") else DEFAULT_VAL_FRACTION
+
+
+def subset(ds: TensorSegmentation, ids: list[str]) -> TensorSegmentation:
+    """The items of ``ds`` with these ids, in this order."""
+    where = {i: n for n, i in enumerate(ds.ids)}
+    index = torch.tensor([where[i] for i in ids], dtype=torch.int64)
+    data = {"images": ds.images.index_select(0, index), "ids": list(ids), "sizes": ds.sizes.index_select(0, index).tolist()}
+    if ds.masks is not None:
+        data["masks"] = ds.masks.index_select(0, index)
+    return TensorSegmentation(data)
+
+
+def prepare_data(cfg: RunConfig, image_size: int | None = None, log=print) -> Data:
+    """Every split decoded and resized once (through the cache), with its source said plainly.
+
+    The validation split (:func:`validation_fraction`) is held out of the training ids by
+    :func:`helpers.splits.holdout` and its ids are written to ``run_dir/split.json``; a run folder
+    made with other held-out ids is refused.
+    """
+    size = image_size or cfg.image_size
+    source, root, _ = resolve_source(cfg, log=log)
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
-    train = data_mod.load_dataset(root, "train", cfg.image_size, cache, progress=cfg.progress)
-    test = data_mod.load_dataset(root, "test", cfg.image_size, cache, progress=cfg.progress)
-    print(f"data: {LABELS[source]} from {root}: {len(train)} train / {len(test)} test images at "
-          f"{cfg.image_size}x{cfg.image_size}")
-    return Data(source, root, train, test)
+    train = load_dataset(root, "train", size, cache, progress=cfg.progress)
+    test = load_dataset(root, "test", size, cache, progress=cfg.progress) if has_split(root, "test") else None
+    val, record = None, None
+    fraction = validation_fraction(cfg, root)
+    if fraction > 0:
+        train_ids, val_ids = holdout(train.ids, fraction, cfg.split_seed)
+        record = split_record(train_ids, val_ids, fraction, cfg.split_seed)
+        write_split(cfg.run_path, record)
+        train, val = subset(train, train_ids), subset(train, val_ids)
+    elif test is None:
+        raise DataError(f"{root}: no test split and no validation split (val_fraction=0): nothing to score; "
+                        "set a validation fraction (VAL_FRACTION)")
+    d = Data(source, root, train, test, val, record)
+    parts = [f"{len(train)} train"] + ([f"{len(val)} validation"] if val is not None else []) + \
+        ([f"{len(test)} test"] if test is not None else [])
+    log(f"data: {d.label} from {root}: {' / '.join(parts)} images at {size}x{size}")
+    return d
 
 
 def check_data(cfg: RunConfig, root: Path, log=print) -> None:
     """Decode both splits (through the cache the notebooks then reuse): a bad file fails here, at
     once and named, before any notebook runs. Conversions are logged as one-line notes."""
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
+    sizes = sorted({cfg.image_size, cfg.m3_image_size or cfg.image_size})
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", data_mod.DataWarning)
-        for split in data_mod.SPLITS:
-            data_mod.load_cached(root, split, cfg.image_size, cache, progress=cfg.progress)
+        warnings.simplefilter("always", DataWarning)
+        for split in SPLITS:
+            if has_split(root, split):
+                for size in sizes:
+                    load_cached(root, split, size, cache, progress=cfg.progress)
     for w in caught:
         log(f"note: {w.message}")
 
@@ -141,7 +256,9 @@ def check_data(cfg: RunConfig, root: Path, log=print) -> None:
 def dataset_summary(d: Data) -> dict:
     """Counts, original size ranges and lesion area fractions (at the working resolution)."""
     out = {"source": d.label}
-    for split, ds in (("train", d.train), ("test", d.test)):
+    for split, ds in (("train", d.train), ("validation", d.val), ("test", d.test)):
+        if ds is None:
+            continue
         frac = ds.masks.float().mean(dim=(1, 2, 3))
         h, w = ds.sizes[:, 0], ds.sizes[:, 1]
         out[split] = {"images": len(ds), "width": f"{int(w.min())}-{int(w.max())}",
@@ -171,49 +288,77 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None) -> dict:
-    """Train ``model`` for one seed, evaluate on the test split and save everything.
+REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last"}
+
+
+def model3_recipe(cfg: RunConfig) -> dict:
+    """Model 3's training recipe from the run's settings (working size, epochs and the ingredients)."""
+    return {"image_size": cfg.m3_image_size or cfg.image_size, "epochs": cfg.m3_epochs or cfg.epochs,
+            "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select}
+
+
+def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
+                       recipe: dict | None = None) -> dict:
+    """Train ``model`` for one seed, score it and save everything.
+
+    recipe: None for the report's (Models 1 and 2), or :func:`model3_recipe`'s dict. The report's
+    protocol scores ``d.scored`` (the test split, else the validation split) after every epoch and
+    keeps the last epoch. With ``select="best"`` the validation split is scored after every epoch,
+    the best epoch's weights are kept, and ``d.scored`` is scored once at the end (when that is the
+    validation split itself, metrics.json says the score is optimistic: it chose the epoch).
 
     Writes ``run_dir/name/seed<seed>/``: history.json, checkpoint.pt, per_image.csv (metrics per
-    test image at the working resolution, as the report measured), ``original/`` (masks,
+    scored image at the working resolution, as the report measured), ``original/`` (masks,
     per_image.csv and summary.json at each image's original size, as the ISIC challenge scores;
     ``original_tta/`` too when cfg.tta) and metrics.json (all of it with settings, data source,
-    weights and versions). Returns {"seed", "history", "per_image", "original", "metrics", "probs"}.
+    split, weights and versions). Returns {"seed", "history", "per_image", "original", "metrics", "probs"}.
     """
     seed = cfg.seed if seed is None else seed
+    recipe = {**REPORT_RECIPE, "epochs": cfg.epochs, **(recipe or {})}
     out = cfg.run_path / name / f"seed{seed}"
-    history = fit(model, d.train, d.test, epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr,
-                  seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress)
+    if recipe["select"] == "best" and d.val is None:
+        raise DataError(f"{d.root}: choosing the best epoch needs a validation split, and this run has none: set "
+                        "VAL_FRACTION (e.g. 0.2) or choose the last epoch (M3_SELECT='last')")
+    per_epoch, per_epoch_name = (d.val, "validation") if recipe["select"] == "best" else (d.scored, d.scored_name)
+    history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=cfg.lr,
+                  seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
+                  select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"])
     dev = resolve_device(cfg.device)
-    ev = evaluate(model, make_loader(d.test, cfg.batch_size, False, None, dev), dev, keep_probs=True)
-    rows = metrics.per_image_rows(ev["ids"], d.test.sizes, ev["counts"])
+    ev = evaluate(model, make_loader(d.scored, cfg.batch_size, False, None, dev), dev, keep_probs=True)
+    rows = metrics.per_image_rows(ev["ids"], d.scored.sizes, ev["counts"])
     write_csv(out / "per_image.csv", rows)
+    size = int(d.train.images.shape[-1])
+    saved = json.loads((out / "history.json").read_text())
     summary = {"name": name, "seed": seed, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
-               "config": asdict(cfg), "resolution": f"{cfg.image_size}x{cfg.image_size}",
+               "config": asdict(cfg), "recipe": recipe, "resolution": f"{size}x{size}",
+               "scored_split": d.scored_name, "selected_epoch": saved.get("selected_epoch", len(history)),
+               "selected_on_scored_split": recipe["select"] == "best" and d.scored_name == "validation",
                "macro": metrics.all_metrics(ev["counts"], "macro"),
                "micro": metrics.all_metrics(ev["counts"], "micro"),
                "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
+    split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
     for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
-        challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, "test", out / key, batch_size=cfg.batch_size,
-                                        device=cfg.device, tta=tta, progress=cfg.progress)
+        challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, split_folder, out / key,
+                                        batch_size=cfg.batch_size, device=cfg.device, tta=tta,
+                                        progress=cfg.progress, ids=ids)
         summary[key] = {"macro": challenge["macro"], "micro": challenge["micro"], "tta": tta}
     write_json(out / "metrics.json", summary)
     return {"seed": seed, "history": history, "per_image": rows, "original": read_csv(out / "original" / "per_image.csv"),
             "metrics": summary, "probs": ev["probs"]}
 
 
-def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str) -> list[dict]:
+def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, recipe: dict | None = None) -> list[dict]:
     """:func:`train_and_evaluate` for seeds cfg.seed .. cfg.seed + cfg.seeds - 1.
 
     ``model`` is trained for the first seed; each further seed gets a fresh model of the same
     kind, initialised under that seed. Writes ``run_dir/name/summary.json`` (mean and spread).
     """
-    runs = [train_and_evaluate(cfg, d, model, name, cfg.seed)]
+    runs = [train_and_evaluate(cfg, d, model, name, cfg.seed, recipe)]
     for seed in range(cfg.seed + 1, cfg.seed + cfg.seeds):
         torch.manual_seed(seed)
         fresh = build_model(model.config["freeze_encoder"], encoder_weights=cfg.encoder_weights,
                             decoder=model.config["decoder"], progress=False)
-        runs.append(train_and_evaluate(cfg, d, fresh, name, seed))
+        runs.append(train_and_evaluate(cfg, d, fresh, name, seed, recipe))
     write_json(cfg.run_path / name / "summary.json", seed_summary([r["metrics"] for r in runs]))
     return runs
 
@@ -221,7 +366,8 @@ def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str) ->
 def seed_summary(per_seed: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds of every macro metric, per resolution."""
     out = {"seeds": [m["seed"] for m in per_seed], "name": per_seed[0]["name"],
-           "data_source": per_seed[0]["data_source"], "model": per_seed[0]["model"]}
+           "data_source": per_seed[0]["data_source"], "model": per_seed[0]["model"],
+           "scored_split": per_seed[0].get("scored_split", "test"), "recipe": per_seed[0].get("recipe")}
     for key in ("macro", "original", "original_tta"):
         if key not in per_seed[0]:
             continue
@@ -284,10 +430,11 @@ def sanity_checks(result: dict) -> dict:
 
 
 def prediction_figure(d: Data, result: dict, best: bool, title: str, note: str, n: int = 4):
-    """Best (or worst) n test images by IoU: image, true mask, predicted mask (at probability 0.5)."""
+    """Best (or worst) n scored images (test, else validation) by IoU: image, true mask, predicted mask (at probability 0.5)."""
     from .plots import predictions
 
     idx = ranked(result["per_image"], n, best)
     preds = (result["probs"][idx].float() >= 0.5).float()
-    return predictions(d.test.images[idx], d.test.masks[idx], preds, [d.test.ids[i] for i in idx],
+    ds = d.scored
+    return predictions(ds.images[idx], ds.masks[idx], preds, [ds.ids[i] for i in idx],
                        [result["per_image"][i]["jaccard"] for i in idx], title, note)

@@ -88,19 +88,34 @@ def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Train
         colour = f"C{i}"
         prefix = f"{name}: " if len(histories) > 1 else ""
         ax.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3, color=colour, label=f"{prefix}train")
-        ax.plot(epochs, [row["test_loss"] for row in history], "--s", ms=3, color=colour, label=f"{prefix}test")
-    ax.set(xlabel="epoch", ylabel="BCE-with-logits loss", title=title)
+        split = "test" if "test_loss" in history[0] else "val"
+        ax.plot(epochs, [row[f"{split}_loss"] for row in history], "--s", ms=3, color=colour,
+                label=f"{prefix}{'test' if split == 'test' else 'validation'}")
+    ax.set(xlabel="epoch", ylabel="loss per pixel (BCE with logits)", title=title)
     ax.grid(alpha=0.3)
     ax.legend()
     return _finish(fig, "", note)
 
 
+TRUE_COLOUR, PRED_COLOUR = "#00e000", "#ff00ff"  # outlines: green truth, magenta prediction
+
+
+def outlines(ax, image: torch.Tensor, mask: torch.Tensor, pred: torch.Tensor) -> None:
+    """The image with the true (green) and predicted (magenta) lesion outlines drawn over it."""
+    ax.imshow(_np_image(image))
+    for m, colour, style in ((mask, TRUE_COLOUR, "-"), (pred, PRED_COLOUR, "--")):
+        arr = m[0].float().cpu().numpy()
+        if arr.min() < 0.5 <= arr.max():  # an empty or all-lesion mask has no outline
+            ax.contour(arr, levels=[0.5], colors=colour, linewidths=1.4, linestyles=style)
+
+
 def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, ids: Sequence[str],
                 ious: Sequence[float], title: str, note: str) -> Figure:
-    """Report Figures 4/5/7/8: rows of image, true mask, predicted mask with the image's IoU."""
+    """Report Figures 4/5/7/8: rows of image, true mask, predicted mask with the image's IoU (the
+    report's columns), and a fourth column with both outlines over the image."""
     n = len(images)
-    fig = Figure(figsize=(7.5, 2.4 * n))
-    axes = fig.subplots(n, 3, squeeze=False)
+    fig = Figure(figsize=(10, 2.5 * n))
+    axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(_np_image(images[i]))
         axes[i, 0].set_title(f"{ids[i]}", fontsize=9)
@@ -108,6 +123,8 @@ def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, 
         axes[i, 1].set_title("true mask", fontsize=9)
         axes[i, 2].imshow(preds[i, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         axes[i, 2].set_title(f"predicted, IoU {ious[i]:.3f}", fontsize=9)
+        outlines(axes[i, 3], images[i], masks[i], preds[i])
+        axes[i, 3].set_title("outlines: true (green), predicted (magenta)", fontsize=8)
     for ax in axes.ravel():  # frames stay visible, so an all-lesion or empty mask still shows
         ax.set_xticks([])
         ax.set_yticks([])

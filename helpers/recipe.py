@@ -6,6 +6,7 @@ name. The report's recipe is no augmentation, loss "bce" and schedule "constant"
 
 from __future__ import annotations
 
+import inspect
 import math
 
 import torch
@@ -192,3 +193,28 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int, 
         return 0.5 * (1 + math.cos(math.pi * min(step - warm, total - warm) / (total - warm)))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+LOSS_NAMES = {"bce": "BCEWithLogitsLoss", "bce_dice": "BCEWithLogitsLoss + soft Dice"}  # as recorded in settings
+
+
+def augment_settings(augment) -> dict | None:
+    """The keyword arguments of :func:`augment_batch` that ``augment`` asks for: None for None/False/"off"
+    (no augmentation), its defaults for True/"on", or the given dict over its defaults."""
+    if augment is None or augment is False or augment == "off":
+        return None
+    defaults = {k: p.default for k, p in inspect.signature(augment_batch).parameters.items()
+                if p.kind is inspect.Parameter.KEYWORD_ONLY}
+    if augment is True or augment == "on":
+        return defaults
+    if isinstance(augment, dict):
+        unknown = set(augment) - set(defaults)
+        if unknown:
+            raise ValueError(f"augment: unknown setting(s) {sorted(unknown)}; known: {sorted(defaults)}")
+        return {**defaults, **augment}
+    raise ValueError(f"augment must be None, False, True, 'on', 'off' or a dict, got {augment!r}")
+
+
+def describe_augment(kwargs: dict) -> str:
+    """One line naming the augmentation settings, as recorded in a run's settings."""
+    return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items()))

@@ -25,18 +25,18 @@ from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import LABELS, RunConfig, check_data, environment, resolve_source
+from .experiment import RunConfig, check_data, environment, resolve_source
 from .io import write_json, write_text
 from .model import load_encoder_features
 from .train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
-             "05_model3_unet_decoder.ipynb", "04_comparison.ipynb")  # the comparison reads 02, 03 and 05
+             "04_model3_unet_decoder.ipynb", "05_comparison.ipynb")  # in numbered order; 05 reads 02, 03 and 04
 MODELS = ("model1_frozen", "model2_finetuned", "model3_unet")
 FIGURES = ("fig01_intensity_histograms.png", "fig02_samples.png", "fig03_model1_loss.png",
            "fig04_model1_best.png", "fig05_model1_worst.png", "fig06_model2_loss.png",
-           "fig07_model2_best.png", "fig08_model2_worst.png", "fig09_loss_comparison.png",
-           "fig10_iou_scatter.png", "fig11_model3_loss.png", "fig12_model3_best.png", "fig13_model3_worst.png",
+           "fig07_model2_best.png", "fig08_model2_worst.png", "fig09_model3_loss.png", "fig10_model3_best.png",
+           "fig11_model3_worst.png", "fig12_loss_comparison.png", "fig13_iou_scatter.png",
            "fig14_iou_scatter_model3.png")
 
 
@@ -51,14 +51,20 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "BATCH_SIZE": cfg.batch_size, "LR": cfg.lr, "SEED": cfg.seed, "SEEDS": cfg.seeds, "DEVICE": cfg.device,
             "ENCODER_WEIGHTS": cfg.encoder_weights, "RUN_DIR": str(cfg.run_path),
             "FIGURES_DIR": str(cfg.figure("x").parent), "CACHE_DIR": cfg.cache_dir, "TTA": cfg.tta,
-            "PROGRESS": cfg.progress}
+            "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
+            "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
+            "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
+            "M3_SELECT": cfg.m3_select}
 
 
 def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3", stream=None) -> float:
-    """Execute one notebook with papermill; return its wall time. Raises NotebookFailed."""
+    """Execute one notebook with papermill, passing it those of ``parameters`` that its parameters cell
+    declares; return its wall time. Raises NotebookFailed."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
 
+    declared = pm.inspect_notebook(str(source))
+    parameters = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
@@ -88,7 +94,7 @@ def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
     return write_text(path, body)
 
 
-def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
+def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
     """results.json: every model's headline numbers (mean, sd and per seed, at the working and the
     original resolution), settings, data source, device, versions, comparisons and figures."""
     from .compare import paired_table
@@ -98,7 +104,9 @@ def collect_results(cfg: RunConfig, timings: dict, source: str) -> dict:
     models = {name: {k: v for k, v in r["summary"].items() if k not in ("name", "data_source")}
               for name, r in results.items()}
     first = results[MODELS[1]]["runs"][0]
-    return {"data_source": LABELS[source], "settings": notebook_parameters(cfg), "models": models,
+    return {"data_source": first["metrics"]["data_source"], "data_decision": decision,
+            "scored_split": first["metrics"].get("scored_split", "test"),
+            "settings": notebook_parameters(cfg), "models": models,
             "paired_original_jaccard": paired_table(results).reset_index().to_dict(orient="records"),
             "encoder_weights_used": first["metrics"]["model"]["encoder_weights_used"],
             "device": json.loads((cfg.run_path / MODELS[1] / f"seed{first['seed']}" / "history.json").read_text())[
@@ -134,8 +142,8 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         raise ProjectError(str(exc)) from None
     if (run / "results.json").exists() and not overwrite:
         raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
-    source, root = resolve_source(cfg)  # fails at once when ISIC 2016 is asked for and absent
-    log(f"data: {LABELS[source]} ({root})")
+    source, root, decision = resolve_source(cfg, log)  # downloads, or falls back to synthetic, or fails at once
+    log(decision)
     check_data(cfg, root, log)
     if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
         log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
@@ -153,7 +161,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters, stream=stream), 1)
         executed.append(out)
         log(f"  {name} done in {timings[name]:.0f} s")
-    results = collect_results(cfg, timings, source)
+    results = collect_results(cfg, timings, decision)
     if html:
         export_html(executed, run / "report.html", f"ISIC 2016 segmentation reproduction - {run.name}")
     write_json(run / "results.json", results)
@@ -174,6 +182,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=d.lr)
     p.add_argument("--seed", type=int, default=d.seed)
     p.add_argument("--seeds", type=int, default=d.seeds, help="train every model for this many seeds")
+    p.add_argument("--val-fraction", type=float, default=None,
+                   help="share of the training images held out for validation (default: 0.2 when the data folder "
+                        "has no test split, else 0: the report's protocol)")
+    p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the held-out validation ids")
+    p.add_argument("--isic-url", default=d.isic_url, help="where to download ISIC 2016 from when it is absent")
+    p.add_argument("--m3-image-size", type=int, default=None, help="Model 3's working size (default: --image-size)")
+    p.add_argument("--m3-epochs", type=int, default=None, help="Model 3's epochs (default: --epochs)")
+    p.add_argument("--m3-augment", choices=("on", "off"), default="on" if d.m3_augment else "off",
+                   help="augment Model 3's training batches")
+    p.add_argument("--m3-loss", choices=("bce", "bce_dice"), default=d.m3_loss)
+    p.add_argument("--m3-schedule", choices=("constant", "cosine", "onecycle"), default=d.m3_schedule)
+    p.add_argument("--m3-select", choices=("last", "best"), default=d.m3_select,
+                   help="Model 3's weights: the last epoch's, or the best validation Jaccard's")
     p.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation (reported separately)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--encoder-weights", default="auto",
@@ -194,7 +215,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = RunConfig(data=args.data, data_dir=args.data_dir, synthetic_train=args.synthetic_train,
                     synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, seeds=args.seeds, device=args.device,
-                    tta=args.tta,
+                    tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,
+                    m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
+                    m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
     start = time.perf_counter()

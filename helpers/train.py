@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import random
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,8 @@ from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (i
 from .data import TensorSegmentation
 from .errors import TrainingDiverged
 from .model import SegmentationModel
+
+EVAL_SPLITS = {"test": "test", "validation": "val"}  # split scored after every epoch -> its history key prefix
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -106,12 +109,16 @@ def _precision(model: nn.Module, device: torch.device, amp, channels_last):
 
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, progress: bool = True, desc: str = "train", *, amp="auto",
-                    channels_last="auto", scaler: torch.amp.GradScaler | None = None) -> float:
-    """One pass over ``loader``; returns the mean BCE-with-logits loss per pixel.
+                    channels_last="auto", scaler: torch.amp.GradScaler | None = None, loss_fn: nn.Module | None = None,
+                    augment=None, scheduler=None) -> float:
+    """One pass over ``loader``; returns the mean training loss per pixel (the report's BCE with logits
+    unless ``loss_fn`` says otherwise).
 
     amp: mixed precision (:func:`resolve_amp`; "auto": on for CUDA only); float16 scales the loss
     with ``scaler`` (made here when None: pass one to keep its scale from epoch to epoch).
     channels_last: NHWC model and inputs (:func:`resolve_channels_last`; "auto": on for CUDA and CPU).
+    augment: None, or a function (images, masks) -> (images, masks) applied to each batch on ``device``.
+    scheduler: None, or an lr scheduler stepped after every batch.
     Batch losses stay on the device (a step never waits for the GPU) and are checked at the end of
     the epoch: a NaN or infinite one raises TrainingDiverged naming the first such batch.
     """
@@ -119,11 +126,15 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     dtype, memory_format = _precision(model, device, amp, channels_last)
     if dtype is torch.float16 and scaler is None:
         scaler = torch.amp.GradScaler(device.type)
-    loss_fn = nn.BCEWithLogitsLoss()
+    loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     losses, sizes = [], []
     for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
         x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
+        if augment is not None:
+            x, y = augment(x, y)
+            if memory_format is torch.channels_last:
+                x = x.contiguous(memory_format=memory_format)
         optimizer.zero_grad(set_to_none=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             logits = model(x)
@@ -135,6 +146,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scaler.scale(loss).backward()
             scaler.step(optimizer)
             scaler.update()
+        if scheduler is not None:
+            scheduler.step()
         losses.append(loss.detach())
         sizes.append(len(x))
     values = torch.stack(losses).double().cpu()
@@ -178,63 +191,119 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_pr
 def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epochs: int = 25,
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
-        amp="auto", channels_last="auto") -> list[dict]:
-    """Train with BCEWithLogitsLoss and NAdam; evaluate on ``test_set`` after every epoch.
+        amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
+        augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1) -> list[dict]:
+    """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
-    Returns the history: one dict per epoch with train_loss, test_loss, test_iou (macro Jaccard),
-    test_dice (macro Dice) and seconds. With ``out_dir``, writes last.pt after every epoch and
-    history.json and checkpoint.pt at the end (all atomically; see :mod:`helpers.checkpoint`). A
-    rerun with the same ``out_dir`` and settings resumes after the last complete epoch, with the
-    same history and weights as an uninterrupted run on the CPU; a finished run is loaded into
-    ``model``, not retrained. Other saved settings raise RunStateError; ``overwrite=True`` retrains.
-    A NaN or infinite training loss raises TrainingDiverged, leaving last.pt of the last good epoch.
+    The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
+    augmentation, the weights of the last epoch. Model 3's recipe may change them:
+
+    - eval_split: "test" (the report's protocol: the test split scored after every epoch) or
+      "validation" (a split held out of the training images);
+    - select: "last" (the last epoch's weights) or "best" (the epoch with the highest macro Jaccard
+      on ``test_set``, which must then be a validation split; the history keeps every epoch and
+      history.json names the selected one);
+    - augment: None/False (off), True (:func:`helpers.recipe.augment_batch` with its defaults) or a
+      dict of its keyword arguments; applied to each training batch on the training device;
+    - loss: "bce" or "bce_dice" (:func:`helpers.recipe.make_loss`);
+    - schedule: "constant", "cosine" or "onecycle" (:func:`helpers.recipe.make_scheduler`, stepped
+      per batch, ``warmup_epochs`` of linear warm-up for "cosine").
+
+    Returns the history: one dict per epoch with train_loss (the training objective), and
+    <split>_loss (BCE), <split>_iou (macro Jaccard), <split>_dice (macro Dice) with <split> "test"
+    or "val", and seconds. With ``out_dir``, writes last.pt after every epoch and history.json and
+    checkpoint.pt at the end (all atomically; see :mod:`helpers.checkpoint`). A rerun with the same
+    ``out_dir`` and settings resumes after the last complete epoch, with the same history and
+    weights as an uninterrupted run on the CPU; a finished run is loaded into ``model``, not
+    retrained. Other saved settings raise RunStateError; ``overwrite=True`` retrains. A NaN or
+    infinite training loss raises TrainingDiverged, leaving last.pt of the last good epoch.
     amp, channels_last: see :func:`train_one_epoch` (amp on for CUDA; channels_last on CUDA and CPU).
     The float16 GradScaler's state is not saved, so resuming an fp16 GPU run is close to, not
     bit-identical with, an uninterrupted one.
     """
+    from . import recipe
+
+    if eval_split not in EVAL_SPLITS:
+        raise ValueError(f"eval_split must be one of {sorted(EVAL_SPLITS)}, got {eval_split!r}")
+    if select not in ("last", "best"):
+        raise ValueError(f"select must be 'last' or 'best', got {select!r}")
+    if select == "best" and eval_split != "validation":
+        raise ValueError("select='best' chooses an epoch by its score, so it needs a validation split "
+                         "(eval_split='validation'); choosing on the test split would tune on the test set")
+    key = EVAL_SPLITS[eval_split]
     dev = resolve_device(device)
     generator = seed_everything(seed)
     model.to(dev)
     optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=lr)
     train_loader = make_loader(train_set, batch_size, True, generator, dev)
     test_loader = make_loader(test_set, batch_size, False, None, dev)
+    aug_kwargs = recipe.augment_settings(augment)
+    aug_generator = torch.Generator(dev).manual_seed(seed + 1_000_003) if aug_kwargs is not None else None
+    loss_fn = recipe.make_loss(loss)
+    warmup_epochs = min(warmup_epochs, epochs - 1)  # a one-epoch run has no room for a warm-up
+    scheduler = recipe.make_scheduler(optimizer, schedule, epochs=epochs, steps_per_epoch=len(train_loader),
+                                      warmup_epochs=warmup_epochs)
     settings = {"image_size": int(train_set[0]["image"].shape[-1]), "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "seed": seed, "device": str(dev),
-                "optimizer": "NAdam", "loss": "BCEWithLogitsLoss", "n_train": len(train_set), "n_test": len(test_set)}
+                "optimizer": "NAdam", "loss": recipe.LOSS_NAMES[loss], "n_train": len(train_set),
+                "n_test": len(test_set), "eval_split": eval_split, "select": select,
+                "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
+                "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))"}
     precision = {"amp": amp, "channels_last": channels_last}
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
+    best: dict = {}
     if out_dir is not None:
-        history, finished = checkpoint.start_or_resume(out_dir, model, optimizer, generator, settings, overwrite, log)
+        history, finished, extra = checkpoint.start_or_resume(out_dir, model, optimizer, generator, settings,
+                                                              overwrite, log)
         if finished:
             return history
+        if scheduler is not None and "scheduler" in extra:
+            scheduler.load_state_dict(extra["scheduler"])
+        if aug_generator is not None and "augment_rng" in extra:
+            aug_generator.set_state(extra["augment_rng"])
+        best = extra.get("best", {})
+    augment_fn = None if aug_kwargs is None else partial(recipe.augment_batch, generator=aug_generator, **aug_kwargs)
     start = time.perf_counter()
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         try:
             train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
-                                         scaler=scaler, **precision)
+                                         scaler=scaler, loss_fn=loss_fn, augment=augment_fn, scheduler=scheduler,
+                                         **precision)
         except TrainingDiverged as exc:
             kept = (f"the last good state (after epoch {len(history)}) is kept in {Path(out_dir) / checkpoint.STATE}"
                     if out_dir is not None and history else "nothing was saved")
             raise TrainingDiverged(f"training diverged at epoch {epoch}, {exc}; {kept}; lower the learning rate "
                                    f"(lr {lr}) or check the data") from None
         ev = evaluate(model, test_loader, dev, **precision)
-        row = {"epoch": epoch, "train_loss": train_loss, "test_loss": ev["loss"],
-               "test_iou": float(metrics.jaccard(ev["counts"], "macro")),
-               "test_dice": float(metrics.dice(ev["counts"], "macro")),
+        row = {"epoch": epoch, "train_loss": train_loss, f"{key}_loss": ev["loss"],
+               f"{key}_iou": float(metrics.jaccard(ev["counts"], "macro")),
+               f"{key}_dice": float(metrics.dice(ev["counts"], "macro")),
                "seconds": time.perf_counter() - t0}
         history.append(row)
+        if select == "best" and row[f"{key}_iou"] > best.get("iou", -1.0):
+            best = {"epoch": epoch, "iou": row[f"{key}_iou"], "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
         if out_dir is not None:
-            checkpoint.save_state(out_dir, model, optimizer, history, settings, generator)
+            extra = {"best": best} if select == "best" else {}
+            if scheduler is not None:
+                extra["scheduler"] = scheduler.state_dict()
+            if aug_generator is not None:
+                extra["augment_rng"] = aug_generator.get_state()
+            checkpoint.save_state(out_dir, model, optimizer, history, settings, generator, extra)
         if log:
-            log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  test loss {ev['loss']:.4f}  "
-                f"IoU {row['test_iou']:.3f}  Dice {row['test_dice']:.3f}  ({row['seconds']:.1f} s)")
+            log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  {eval_split} loss {ev['loss']:.4f}  "
+                f"IoU {row[f'{key}_iou']:.3f}  Dice {row[f'{key}_dice']:.3f}  ({row['seconds']:.1f} s)")
+    selected = history[-1]["epoch"]
+    if select == "best" and best:
+        model.load_state_dict(best["model"])
+        selected = best["epoch"]
     if log:
-        last = history[-1]
-        log(f"trained {epochs} epochs in {time.perf_counter() - start:.0f} s on {dev}: "
-            f"test IoU {last['test_iou']:.3f}, Dice {last['test_dice']:.3f}")
+        row = history[selected - 1]
+        log(f"trained {epochs} epochs in {time.perf_counter() - start:.0f} s on {dev}: {eval_split} IoU "
+            f"{row[f'{key}_iou']:.3f}, Dice {row[f'{key}_dice']:.3f}"
+            + (f" (best epoch {selected}, selected on the validation split)" if select == "best" else ""))
     if out_dir is not None:
-        save_run(out_dir, model, settings, history)
+        save_run(out_dir, model, settings, history, selected_epoch=selected)
     return history

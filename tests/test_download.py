@@ -64,6 +64,18 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args):  # keep pytest output clean
         pass
 
+    def do_HEAD(self):
+        srv = self.server
+        name = self.path.lstrip("/")
+        srv.log.append((name, "HEAD"))
+        versions = srv.files.get(name)
+        if getattr(srv, "head_status", None) or not versions:
+            self.send_error(getattr(srv, "head_status", None) or 404)
+            return
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(versions[-1])))
+        self.end_headers()
+
     def do_GET(self):
         srv = self.server
         name = self.path.lstrip("/")
