@@ -3,7 +3,7 @@
     python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT --split test --out DIR
                                [--batch-size 16] [--device auto] [--tta] [--image-size N]
 
-Each image is resized as in training (:func:`helpers.data.load_sample`), the model runs at
+Each image is resized as in training (:func:`helpers.folders.load_sample`), the model runs at
 image_size x image_size, its logits are upsampled bilinearly (align_corners=False) to the original
 height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
 
@@ -34,7 +34,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from . import metrics
-from .data import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
+from .folders import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
 from .errors import DataError, ProjectError
 from .io import atomic_path, write_csv, write_json
 from .train import load_checkpoint, resolve_device

@@ -17,16 +17,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import data as data_mod
 from . import metrics, paths
+from .cache import TensorSegmentation, load_cached, load_dataset
 from .errors import DataError
+from .folders import SOURCE_LABELS, SPLITS, DataWarning
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint
 from .model import SegmentationModel, build_model, parameter_counts
 from .train import evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
-LABELS = data_mod.SOURCE_LABELS
+LABELS = SOURCE_LABELS
 
 
 @dataclass(frozen=True)
@@ -76,8 +77,8 @@ def _under_root(path: str | Path) -> Path:
 class Data:
     source: str      # "isic2016" | "synthetic"
     root: Path
-    train: data_mod.TensorSegmentation
-    test: data_mod.TensorSegmentation
+    train: TensorSegmentation
+    test: TensorSegmentation
 
     @property
     def label(self) -> str:
@@ -85,7 +86,7 @@ class Data:
 
 
 def isic_present(root: Path) -> bool:
-    return all((root / folder).is_dir() for pair in data_mod.SPLITS.values() for folder in pair)
+    return all((root / folder).is_dir() for pair in SPLITS.values() for folder in pair)
 
 
 def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
@@ -102,7 +103,7 @@ def resolve_source(cfg: RunConfig) -> tuple[str, Path]:
             raise DataError(f"{root}: ISIC 2016 Part 1 data not found; download it with `make data` "
                             f"(python -m helpers.data download {root})")
         if cfg.data_dir:  # a folder named by the user is never swapped for the synthetic set
-            missing = next(f for pair in data_mod.SPLITS.values() for f in pair if not (root / f).is_dir())
+            missing = next(f for pair in SPLITS.values() for f in pair if not (root / f).is_dir())
             raise DataError(f"{root}: not a data folder in the ISIC 2016 Part 1 layout (no {missing} folder"
                             f"{'' if root.is_dir() else '; the folder does not exist'}); pass --data synthetic to "
                             "write the demo set there")
@@ -119,8 +120,8 @@ def prepare_data(cfg: RunConfig) -> Data:
     """Both splits decoded and resized once (through the cache), with their source said plainly."""
     source, root = resolve_source(cfg)
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
-    train = data_mod.load_dataset(root, "train", cfg.image_size, cache, progress=cfg.progress)
-    test = data_mod.load_dataset(root, "test", cfg.image_size, cache, progress=cfg.progress)
+    train = load_dataset(root, "train", cfg.image_size, cache, progress=cfg.progress)
+    test = load_dataset(root, "test", cfg.image_size, cache, progress=cfg.progress)
     print(f"data: {LABELS[source]} from {root}: {len(train)} train / {len(test)} test images at "
           f"{cfg.image_size}x{cfg.image_size}")
     return Data(source, root, train, test)
@@ -131,9 +132,9 @@ def check_data(cfg: RunConfig, root: Path, log=print) -> None:
     once and named, before any notebook runs. Conversions are logged as one-line notes."""
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
     with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", data_mod.DataWarning)
-        for split in data_mod.SPLITS:
-            data_mod.load_cached(root, split, cfg.image_size, cache, progress=cfg.progress)
+        warnings.simplefilter("always", DataWarning)
+        for split in SPLITS:
+            load_cached(root, split, cfg.image_size, cache, progress=cfg.progress)
     for w in caught:
         log(f"note: {w.message}")
 

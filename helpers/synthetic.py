@@ -26,7 +26,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
-from helpers.data import SPLITS, SYNTHETIC_MARKER
+from helpers.folders import SPLITS, SYNTHETIC_MARKER
 from helpers.errors import DataError, ProjectError
 from helpers.io import write_json
 

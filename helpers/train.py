@@ -17,7 +17,7 @@ from tqdm.auto import tqdm
 
 from . import checkpoint, metrics
 from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (imported from here too)
-from .data import TensorSegmentation
+from .cache import TensorSegmentation
 from .errors import TrainingDiverged
 from .model import SegmentationModel
 
