@@ -16,10 +16,10 @@ from pathlib import Path
 import numpy as np
 import torch
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from .folders import DataWarning, Sample, _warn_fixes, list_split, load_sample
 from .io import atomic_path
+from .progress import progress_bar
 
 CACHE_FORMAT = 1
 
@@ -32,8 +32,8 @@ def decode_split(samples: list[Sample], image_size: int, workers: int | None = N
     """
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(tqdm(pool.map(lambda s: load_sample(s, image_size), samples), total=len(samples),
-                            desc=desc, disable=not progress, leave=False))
+        results = list(progress_bar(pool.map(lambda s: load_sample(s, image_size), samples), total=len(samples),
+                                    desc=desc, unit="img", enabled=progress))
     _warn_fixes(str(samples[0].image.parent), results)
     images = torch.from_numpy(np.stack([r["image"] for r in results])).permute(0, 3, 1, 2).contiguous()
     out = {"images": images, "ids": [s.id for s in samples], "sizes": [r["size"] for r in results]}

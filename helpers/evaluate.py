@@ -31,12 +31,12 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import metrics
 from .folders import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
 from .errors import DataError, ProjectError
 from .io import atomic_path, write_csv, write_json
+from .progress import progress_bar
 from .train import load_checkpoint, resolve_device
 
 DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor the checkpoint gives one
@@ -125,8 +125,8 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
             raise DataError(f"{mask_dir}: holds {len(stale)} file(s) not of this split ({', '.join(stale[:3])}); "
                             "choose an empty --out folder")
     counts, rows = [], []
-    with ThreadPoolExecutor() as pool, tqdm(total=len(samples), desc=f"evaluate {split}", disable=not progress,
-                                            leave=False) as bar:
+    with ThreadPoolExecutor() as pool, progress_bar(total=len(samples), desc=f"evaluate {split}", unit="img",
+                                                    enabled=progress) as bar:
         for i in range(0, len(samples), batch_size):
             batch = samples[i:i + batch_size]
             loaded = list(pool.map(partial(_load, image_size=image_size), batch))

@@ -22,10 +22,10 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
 
 from .errors import DataError
 from .metrics import MASK_THRESHOLD
+from .progress import progress_bar
 
 SPLITS = {  # split -> (image folder, mask folder)
     "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
@@ -193,8 +193,8 @@ def check_dataset(root, workers: int | None = None, progress: bool = True) -> di
                 return exc
 
         with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-            results = list(tqdm(pool.map(one, samples), total=len(samples), desc=f"check {split}",
-                                disable=not progress, leave=False))
+            results = list(progress_bar(pool.map(one, samples), total=len(samples), desc=f"check {split}",
+                                        unit="img", enabled=progress))
         good = [r for r in results if not isinstance(r, DataError)]
         report["problems"] += [str(r) for r in results if isinstance(r, DataError)]
         report["notes"] += [n for r in good for n in r["notes"]]

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from helpers.folders import SPLITS, SYNTHETIC_MARKER
 from helpers.errors import DataError, ProjectError
 from helpers.io import write_json
+from helpers.progress import progress_bar
 
 MARKER = SYNTHETIC_MARKER  # written last: marks a complete set
 FORMAT_VERSION = 2  # 2: per-pixel grain on sources larger than MAX_WORK_SIDE
@@ -277,7 +277,7 @@ def write_synthetic_dataset(root, n_train=240, n_test=100, seed=0, source_size=N
     try:
         for name in folders:
             (tmp / name).mkdir()
-        with tqdm(total=len(jobs), desc="synthetic", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(jobs), desc="synthetic", unit="img", enabled=progress, leave=True) as bar:
             stats = []
             for result in pool.map(lambda job: _write_case(tmp, seed, source_size, *job), jobs):
                 stats.append(result)

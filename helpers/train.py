@@ -13,13 +13,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-from tqdm.auto import tqdm
 
 from . import checkpoint, metrics
 from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (imported from here too)
 from .cache import TensorSegmentation
 from .errors import TrainingDiverged
 from .model import SegmentationModel
+from .progress import progress_bar
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -121,7 +121,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         scaler = torch.amp.GradScaler(device.type)
     loss_fn = nn.BCEWithLogitsLoss()
     losses, sizes = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
