@@ -62,10 +62,8 @@ class PlainProgress:
         self.enabled, self.stream, self.clock, self.interval = enabled, stream, clock, interval
         self.closed = False
         self.start = self.last_time = clock()
-        if total is None:
-            self._write("started")
-        else:
-            self._write(f"started, {self._amount(total)}" + (f" ({self._amount(initial)} done before)" if initial else ""))
+        before = f" ({self._amount(initial)} done before)" if initial else ""
+        self._write("started" if total is None else f"started, {self._amount(total)}{before}")
 
     def _count(self, n) -> str:
         return tqdm.format_sizeof(n, divisor=1024) if self.unit_scale else str(n)

@@ -53,6 +53,14 @@ def test_without_a_total_a_line_comes_every_interval():
     assert lines[-1].startswith("zip: done, 100MB in ")
 
 
+def test_a_resumed_download_says_what_was_there_before():
+    stream = io.StringIO()
+    with progress_bar(total=5 << 20, initial=1 << 20, desc="zip", unit="B", unit_scale=True, stream=stream,
+                      clock=ticking(0)) as bar:
+        bar.update(4 << 20)
+    assert stream.getvalue().splitlines() == ["zip: started, 5.00MB (1.00MB done before)", "zip: done, 5.00MB in 0.0 s"]
+
+
 def test_work_stopped_early_says_so():
     stream = io.StringIO()
     with progress_bar(total=10, desc="synthetic", unit="img", stream=stream, clock=ticking(0)) as bar:
