@@ -23,6 +23,12 @@ def test_list_split_pairs_by_id_not_sort_order(tiny_isic):
         assert s.image.stem == s.id
 
 
+@pytest.mark.parametrize("ident", ["ISIC_0000000", "ISIC_0011402", "ISIC_9000000", "ISIC_9999999"])
+def test_real_and_synthetic_ids_are_both_isic_names(ident):
+    assert folders.IMAGE_RE.match(f"{ident}.jpg").group(1) == ident
+    assert folders.MASK_RE.match(f"{ident}_Segmentation.png").group(1) == ident
+
+
 def test_dataset_items_are_float_tensors_of_image_size(tiny_isic):
     ds = cache.load_dataset(tiny_isic, "train", image_size=32, progress=False)
     item = ds[2]
