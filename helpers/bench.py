@@ -11,11 +11,11 @@ images per second are measured for Model 2 (report decoder, fine-tuned, random i
 NAdam (lr 1e-3) and BCEWithLogitsLoss by :func:`helpers.train.train_one_epoch`, fed by:
 
 - ``compute``: batches already in memory as float tensors - the limit;
-- ``pipeline``: the real training input - the uint8 cache (:class:`helpers.data.TensorSegmentation`)
+- ``pipeline``: the real training input - the uint8 cache (:class:`helpers.cache.TensorSegmentation`)
   through :func:`helpers.train.make_loader`; building the cache is timed apart (``cache_build_s``);
   with ``--augment``, each batch is also augmented on the training device by
   :func:`helpers.recipe.augment_batch` (its default flips, rot90, zoom and colour jitter);
-- ``naive``: :class:`helpers.data.FileSegmentation` (open, decode and resize the JPEG and mask for
+- ``naive``: :class:`helpers.cache.FileSegmentation` (open, decode and resize the JPEG and mask for
   every item) through a DataLoader with num_workers=0, as the report's notebook did.
 
 Each row runs ``--warmup`` untimed steps, then ``--steps`` timed ones, with a fresh model. The three
@@ -43,7 +43,8 @@ from pathlib import Path
 import torch
 
 from . import paths
-from .data import FileSegmentation, TensorSegmentation, list_split, load_cached
+from .cache import FileSegmentation, TensorSegmentation, load_cached
+from .folders import list_split
 from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .io import write_json

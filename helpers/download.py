@@ -34,9 +34,8 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from tqdm import tqdm
-
 from helpers.errors import DownloadError, ProjectError
+from helpers.progress import progress_bar
 
 BASE_URL = "https://isic-challenge-data.s3.amazonaws.com/2016/"
 CHUNK = 1 << 20          # bytes read and written at a time
@@ -144,9 +143,9 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, downloads: Path
                 print(f"{part.name}: server ignored the resume request; starting again from zero")
             got = start
             try:
-                with open(part, "ab" if start else "wb") as f, tqdm(
-                        total=total, initial=start, unit="B", unit_scale=True, unit_divisor=1024,
-                        desc=part.name[:-5], disable=not progress) as bar:
+                with open(part, "ab" if start else "wb") as f, progress_bar(
+                        total=total, initial=start, unit="B", unit_scale=True, desc=part.name[:-5],
+                        enabled=progress, leave=True) as bar:
                     while block := response.read(CHUNK):
                         f.write(block)
                         got += len(block)

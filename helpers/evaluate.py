@@ -8,9 +8,9 @@
 ``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
 (or one), pairing ``stem.ext`` with ``<stem><suffix>.ext`` (:mod:`helpers.pairing`), e.g. PH2's
 ``IMD002.bmp`` with ``IMD002_lesion.bmp`` (``--mask-suffix _lesion``). Masks may be 0/255, 0/1 or
-palette images (:func:`helpers.data.read_mask`).
+palette images (:func:`helpers.folders.read_mask`).
 
-Each image is resized as in training (:func:`helpers.data.load_sample`), the model runs at
+Each image is resized as in training (:func:`helpers.folders.load_sample`), the model runs at
 image_size x image_size, its logits are upsampled bilinearly (align_corners=False) to the original
 height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
 
@@ -39,13 +39,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
-from tqdm.auto import tqdm
 
 from . import metrics
-from .data import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
+from .folders import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
 from .errors import DataError, ProjectError
 from .io import atomic_path, write_csv, write_json
 from .pairing import DEFAULT_MASK_SUFFIX, pair_folders
+from .progress import progress_bar
 from .train import load_checkpoint, resolve_device
 
 DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor the checkpoint gives one
@@ -168,8 +168,8 @@ def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: i
             raise DataError(f"{mask_dir}: holds {len(stale)} file(s) not of this split ({', '.join(stale[:3])}); "
                             "choose an empty --out folder")
     counts, rows = [], []
-    with ThreadPoolExecutor() as pool, tqdm(total=len(samples), desc=f"evaluate {source['split'] or ''}".strip(),
-                                            disable=not progress, leave=False) as bar:
+    with ThreadPoolExecutor() as pool, progress_bar(total=len(samples), desc=f"evaluate {source['split'] or 'images'}",
+                                                    unit="img", enabled=progress) as bar:
         for i in range(0, len(samples), batch_size):
             batch = samples[i:i + batch_size]
             loaded = list(pool.map(partial(_load, image_size=image_size), batch))

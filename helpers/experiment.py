@@ -18,10 +18,11 @@ import pandas as pd
 import torch
 
 from . import metrics, paths
-from .data import SOURCE_LABELS, SPLITS, DataWarning, TensorSegmentation, load_cached, load_dataset
 from . import download
+from .cache import TensorSegmentation, load_cached, load_dataset
 from .download import BASE_URL
 from .errors import DataError, DownloadError
+from .folders import SOURCE_LABELS, SPLITS, DataWarning
 from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint

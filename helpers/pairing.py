@@ -18,7 +18,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from .data import DataWarning, Sample
+from .folders import DataWarning, Sample
 from .errors import DataError
 
 DEFAULT_MASK_SUFFIX = "_Segmentation"

@@ -4,7 +4,9 @@ Each case is a skin-toned image with uneven lighting, skin texture, an optional 
 circular vignette, an irregular multi-coloured lesion and optional hairs; the mask is
 the lesion region (0/255), hairs and vignette are never part of it.  Every case is
 drawn from its own generator seeded with ``(seed, split, index)``, so the files are
-byte-identical for a seed whatever the order of generation.
+byte-identical for a seed whatever the order of generation.  Case ``index`` is named
+``ISIC_<9000000 + index>`` (training cases first, then test cases): valid ISIC names that
+no real ISIC image has.
 
     python -m helpers.synthetic ROOT [--n-train 240] [--n-test 100] [--seed 0]
                                      [--source-size WxH] [--overwrite]
@@ -24,14 +26,16 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
-from helpers.data import SPLITS, SYNTHETIC_MARKER
+from helpers.folders import SPLITS, SYNTHETIC_MARKER
 from helpers.errors import DataError, ProjectError
 from helpers.io import write_json
+from helpers.progress import progress_bar
 
 MARKER = SYNTHETIC_MARKER  # written last: marks a complete set
-FORMAT_VERSION = 2  # 2: per-pixel grain on sources larger than MAX_WORK_SIDE
+FORMAT_VERSION = 3  # 2: per-pixel grain on sources larger than MAX_WORK_SIDE; 3: ids from FIRST_ID
+FIRST_ID = 9_000_000  # case i is ISIC_<FIRST_ID + i>: far above every real ISIC id, still 7 digits
+MAX_CASES = 10_000_000 - FIRST_ID  # ids stop at ISIC_9999999
 JPEG_QUALITY = 90
 MAX_WORK_SIDE = 1024  # textures are rendered at most this large, then upsampled
 PIXEL_GRAIN = 0.04  # relative amplitude of the per-pixel skin texture (uniform, centred)
@@ -227,8 +231,8 @@ def _older_format(root, params):
 def _write_case(tmp, seed, source_size, split_index, i, images, masks):
     """Render case ``i`` of a split into ``tmp``; return (width, height, lesion fraction)."""
     image, mask = render_case(np.random.default_rng([seed, split_index, i]), source_size)
-    image.save(tmp / images / f"ISIC_{i:07d}.jpg", quality=JPEG_QUALITY)
-    mask.save(tmp / masks / f"ISIC_{i:07d}_Segmentation.png")
+    image.save(tmp / images / f"ISIC_{FIRST_ID + i:07d}.jpg", quality=JPEG_QUALITY)
+    mask.save(tmp / masks / f"ISIC_{FIRST_ID + i:07d}_Segmentation.png")
     return image.width, image.height, float(np.asarray(mask).mean() / 255)
 
 
@@ -236,7 +240,8 @@ def write_synthetic_dataset(root, n_train=240, n_test=100, seed=0, source_size=N
                             progress=True) -> dict:
     """Write the set under ``root``; return a summary dict (parameters, counts, sizes, seconds).
 
-    Training ids are 0..n_train-1, test ids follow.  A complete set with the same
+    Training images are ISIC_9000000 (FIRST_ID) onwards, test images follow (ISIC_9000000 +
+    n_train onwards), so no synthetic id is a real ISIC id.  A complete set with the same
     parameters is left as it is (unless ``overwrite``).  Other existing folders raise
     DataError unless ``overwrite``, which replaces the four folders and synthetic.json only.
     Files are generated in a temporary folder inside ``root`` and then renamed into place.
@@ -246,6 +251,9 @@ def write_synthetic_dataset(root, n_train=240, n_test=100, seed=0, source_size=N
             raise DataError(f"synthetic: {name} must be an integer >= 1, got {n!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise DataError(f"synthetic: seed must be an integer >= 0, got {seed!r}")
+    if n_train + n_test > MAX_CASES:
+        raise DataError(f"synthetic: at most {MAX_CASES} cases (ids ISIC_{FIRST_ID:07d} to ISIC_9999999), "
+                        f"got {n_train} + {n_test}")
     if source_size is not None:
         source_size = tuple(int(v) for v in source_size)
         if len(source_size) != 2 or min(source_size) < 8:
@@ -277,7 +285,7 @@ def write_synthetic_dataset(root, n_train=240, n_test=100, seed=0, source_size=N
     try:
         for name in folders:
             (tmp / name).mkdir()
-        with tqdm(total=len(jobs), desc="synthetic", unit="img", disable=not progress) as bar:
+        with progress_bar(total=len(jobs), desc="synthetic", unit="img", enabled=progress, leave=True) as bar:
             stats = []
             for result in pool.map(lambda job: _write_case(tmp, seed, source_size, *job), jobs):
                 stats.append(result)

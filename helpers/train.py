@@ -14,13 +14,13 @@ import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
-from tqdm.auto import tqdm
 
 from . import checkpoint, metrics
 from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (imported from here too)
-from .data import TensorSegmentation
+from .cache import TensorSegmentation
 from .errors import TrainingDiverged
 from .model import SegmentationModel
+from .progress import progress_bar
 
 EVAL_SPLITS = {"test": "test", "validation": "val"}  # split scored after every epoch -> its history key prefix
 
@@ -128,7 +128,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         scaler = torch.amp.GradScaler(device.type)
     loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     losses, sizes = [], []
-    for batch in tqdm(loader, desc=desc, disable=not progress, leave=False):
+    for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
         x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         if augment is not None:

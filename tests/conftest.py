@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.data import SPLITS
+from helpers.folders import SPLITS
 
 
 def write_pair(root, split, index, size=(40, 30), seed=None):

@@ -12,10 +12,10 @@ from pathlib import Path
 import nbformat
 
 ROOT = Path(__file__).resolve().parent.parent
-# in the order they run: the comparison (04) reads what 02, 03 and 05 saved
+# in numbered order, the order they run in: the comparison (05) reads what 02, 03 and 04 saved
 NOTEBOOKS = [ROOT / "notebooks" / name for name in ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb",
-                                                    "03_model2_finetuned.ipynb", "05_model3_unet_decoder.ipynb",
-                                                    "04_comparison.ipynb")]
+                                                    "03_model2_finetuned.ipynb", "04_model3_unet_decoder.ipynb",
+                                                    "05_comparison.ipynb")]
 CHECK = "# NBVAL_CHECK_OUTPUT"
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import data
-from helpers.data import SPLITS, DataWarning
+from helpers import cache, data, folders
+from helpers.folders import SPLITS, DataWarning
 from helpers.errors import DataError
 
 from conftest import write_pair
@@ -16,15 +16,21 @@ def test_list_split_pairs_by_id_not_sort_order(tiny_isic):
     # a mask listed in a different order (upper-case suffix sorts before) must still pair by id
     mask_dir = tiny_isic / SPLITS["train"][1]
     (mask_dir / "ISIC_0000003_Segmentation.png").rename(mask_dir / "ISIC_0000003_SEGMENTATION.png")
-    samples = data.list_split(tiny_isic, "train")
+    samples = folders.list_split(tiny_isic, "train")
     assert [s.id for s in samples] == [f"ISIC_{i:07d}" for i in range(6)]
     for s in samples:
         assert s.mask.name.lower() == f"{s.id}_segmentation.png".lower()
         assert s.image.stem == s.id
 
 
+@pytest.mark.parametrize("ident", ["ISIC_0000000", "ISIC_0011402", "ISIC_9000000", "ISIC_9999999"])
+def test_real_and_synthetic_ids_are_both_isic_names(ident):
+    assert folders.IMAGE_RE.match(f"{ident}.jpg").group(1) == ident
+    assert folders.MASK_RE.match(f"{ident}_Segmentation.png").group(1) == ident
+
+
 def test_dataset_items_are_float_tensors_of_image_size(tiny_isic):
-    ds = data.load_dataset(tiny_isic, "train", image_size=32, progress=False)
+    ds = cache.load_dataset(tiny_isic, "train", image_size=32, progress=False)
     item = ds[2]
     assert item["image"].shape == (3, 32, 32) and item["image"].dtype == torch.float32
     assert 0.0 <= item["image"].min() and item["image"].max() <= 1.0
@@ -36,8 +42,8 @@ def test_dataset_items_are_float_tensors_of_image_size(tiny_isic):
 
 
 def test_file_dataset_equals_cached_dataset(tiny_isic, tmp_path):
-    lazy = data.FileSegmentation(tiny_isic, "test", image_size=24)
-    cached = data.load_dataset(tiny_isic, "test", image_size=24, cache_dir=tmp_path / "cache", progress=False)
+    lazy = cache.FileSegmentation(tiny_isic, "test", image_size=24)
+    cached = cache.load_dataset(tiny_isic, "test", image_size=24, cache_dir=tmp_path / "cache", progress=False)
     for i in range(len(lazy)):
         a, b = lazy[i], cached[i]
         assert a["id"] == b["id"]
@@ -45,7 +51,7 @@ def test_file_dataset_equals_cached_dataset(tiny_isic, tmp_path):
 
 
 def test_mask_resized_with_nearest_and_stays_binary(tiny_isic):
-    r = data.load_sample(data.list_split(tiny_isic, "train")[0], image_size=17)
+    r = folders.load_sample(folders.list_split(tiny_isic, "train")[0], image_size=17)
     assert set(np.unique(r["mask"]).tolist()) <= {0, 1}
     assert r["image"].shape == (17, 17, 3)
 
@@ -56,19 +62,19 @@ def test_missing_folder_is_named(tiny_isic):
         f.unlink()
     folder.rmdir()
     with pytest.raises(DataError, match="ISBI2016_ISIC_Part1_Test_GroundTruth: mask folder not found"):
-        data.list_split(tiny_isic, "test")
+        folders.list_split(tiny_isic, "test")
 
 
 def test_root_that_does_not_exist(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
-        data.list_split(tmp_path / "nope", "train")
+        folders.list_split(tmp_path / "nope", "train")
 
 
 def test_image_without_mask_and_mask_without_image_are_named(tiny_isic):
     (tiny_isic / SPLITS["train"][1] / "ISIC_0000001_Segmentation.png").unlink()
     (tiny_isic / SPLITS["train"][0] / "ISIC_0000004.jpg").unlink()
     with pytest.raises(DataError) as err:
-        data.list_split(tiny_isic, "train")
+        folders.list_split(tiny_isic, "train")
     msg = str(err.value)
     assert "image(s) without a mask" in msg and "ISIC_0000001.jpg" in msg
     assert "mask(s) without an image" in msg and "ISIC_0000004_Segmentation.png" in msg
@@ -78,21 +84,21 @@ def test_empty_split(tiny_isic):
     for f in (tiny_isic / SPLITS["test"][0]).iterdir():
         f.unlink()
     with pytest.raises(DataError, match="test split is empty"):
-        data.list_split(tiny_isic, "test")
+        folders.list_split(tiny_isic, "test")
 
 
 def test_duplicate_id(tiny_isic):
     folder = tiny_isic / SPLITS["train"][0]
     (folder / "ISIC_0000002.jpeg").write_bytes((folder / "ISIC_0000002.jpg").read_bytes())
     with pytest.raises(DataError, match="duplicate id ISIC_0000002"):
-        data.list_split(tiny_isic, "train")
+        folders.list_split(tiny_isic, "train")
 
 
 def test_non_image_files_are_ignored_with_a_note(tiny_isic):
     (tiny_isic / SPLITS["train"][0] / ".DS_Store").write_bytes(b"\0")
     (tiny_isic / SPLITS["train"][0] / "LICENSE.txt").write_text("x")
     with pytest.warns(DataWarning, match="ignored 2 file"):
-        assert len(data.list_split(tiny_isic, "train")) == 6
+        assert len(folders.list_split(tiny_isic, "train")) == 6
 
 
 @pytest.mark.parametrize("damage", ["truncate", "garbage"])
@@ -101,14 +107,14 @@ def test_unreadable_or_truncated_image_is_named(tiny_isic, damage):
     raw = path.read_bytes()
     path.write_bytes(raw[: len(raw) // 2] if damage == "truncate" else b"this is not a jpeg")
     with pytest.raises(DataError, match="ISIC_0000003.jpg: unreadable or truncated"):
-        data.load_dataset(tiny_isic, "train", image_size=16, progress=False)
+        cache.load_dataset(tiny_isic, "train", image_size=16, progress=False)
 
 
 def test_mask_of_another_size(tiny_isic):
     path = tiny_isic / SPLITS["test"][1] / "ISIC_0000007_Segmentation.png"
     Image.new("L", (10, 10)).save(path)
     with pytest.raises(DataError, match=r"ISIC_0000007_Segmentation.png: mask is 10x10 but its image ISIC_0000007.jpg is 48x36"):
-        data.load_dataset(tiny_isic, "test", image_size=16, progress=False)
+        cache.load_dataset(tiny_isic, "test", image_size=16, progress=False)
 
 
 def test_non_binary_masks_binarised_at_128_with_one_warning(tiny_isic):
@@ -120,7 +126,7 @@ def test_non_binary_masks_binarised_at_128_with_one_warning(tiny_isic):
         Image.fromarray(arr).save(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        d = data.load_cached(tiny_isic, "test", image_size=48, progress=False)
+        d = cache.load_cached(tiny_isic, "test", image_size=48, progress=False)
     relevant = [w for w in caught if "not strictly 0/255" in str(w.message)]
     assert len(relevant) == 1 and "2 of 4 masks" in str(relevant[0].message)
     assert d["masks"][0, 0, :, :24].sum() == 0 and d["masks"][0, 0, :, 24:].all()
@@ -132,37 +138,37 @@ def test_grayscale_image_and_rgb_mask_are_converted_with_a_note(tiny_isic):
     mask = tiny_isic / SPLITS["train"][1] / "ISIC_0000000_Segmentation.png"
     Image.open(mask).convert("RGB").save(mask)
     with pytest.warns(DataWarning, match="converted"):
-        d = data.load_cached(tiny_isic, "train", image_size=16, progress=False)
+        d = cache.load_cached(tiny_isic, "train", image_size=16, progress=False)
     assert d["images"].shape == (6, 3, 16, 16)
 
 
 def test_cache_is_reused_and_rebuilt_when_files_change(tiny_isic, tmp_path):
-    cache = tmp_path / "cache"
-    first = data.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache, progress=False)
-    files = list(cache.iterdir())
+    cache_dir = tmp_path / "cache"
+    first = cache.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache_dir, progress=False)
+    files = list(cache_dir.iterdir())
     assert len(files) == 1 and files[0].name.startswith("train-16px-")
     mtime = files[0].stat().st_mtime_ns
-    again = data.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache, progress=False)
+    again = cache.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache_dir, progress=False)
     assert files[0].stat().st_mtime_ns == mtime and torch.equal(first["images"], again["images"])
     # another image_size is another cache file
-    data.load_cached(tiny_isic, "train", image_size=20, cache_dir=cache, progress=False)
-    assert len(list(cache.iterdir())) == 2
+    cache.load_cached(tiny_isic, "train", image_size=20, cache_dir=cache_dir, progress=False)
+    assert len(list(cache_dir.iterdir())) == 2
     # a changed image gives a new key, and the new content
     write_pair(tiny_isic, "train", 0, size=(40, 30), seed=99)
-    changed = data.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache, progress=False)
+    changed = cache.load_cached(tiny_isic, "train", image_size=16, cache_dir=cache_dir, progress=False)
     assert not torch.equal(changed["images"][0], first["images"][0])
-    assert len(list(cache.iterdir())) == 3
+    assert len(list(cache_dir.iterdir())) == 3
 
 
 def test_damaged_cache_is_rebuilt(tiny_isic, tmp_path):
-    cache = tmp_path / "cache"
-    first = data.load_cached(tiny_isic, "test", image_size=16, cache_dir=cache, progress=False)
-    (path,) = cache.iterdir()
+    cache_dir = tmp_path / "cache"
+    first = cache.load_cached(tiny_isic, "test", image_size=16, cache_dir=cache_dir, progress=False)
+    (path,) = cache_dir.iterdir()
     path.write_bytes(b"garbage")
     with pytest.warns(DataWarning, match="damaged cache"):
-        again = data.load_cached(tiny_isic, "test", image_size=16, cache_dir=cache, progress=False)
+        again = cache.load_cached(tiny_isic, "test", image_size=16, cache_dir=cache_dir, progress=False)
     assert torch.equal(first["masks"], again["masks"])
-    assert not [p for p in cache.iterdir() if p.name.startswith(".")]  # no temporary left
+    assert not [p for p in cache_dir.iterdir() if p.name.startswith(".")]  # no temporary left
 
 
 def test_check_command_summary(tiny_isic, capsys):
@@ -191,7 +197,7 @@ def test_rgba_image_is_converted_with_a_note(tiny_isic):
     Image.open(img).convert("RGBA").save(img.with_suffix(".png"))
     img.unlink()
     with pytest.warns(DataWarning, match="ISIC_0000006.png: RGBA image converted to RGB"):
-        d = data.load_cached(tiny_isic, "test", image_size=16, progress=False)
+        d = cache.load_cached(tiny_isic, "test", image_size=16, progress=False)
     assert d["images"].shape == (4, 3, 16, 16)
 
 
@@ -202,7 +208,7 @@ def test_rgb_mask_with_jpeg_like_grey_levels_is_binarised_with_one_note(tiny_isi
     Image.fromarray(np.stack([grey] * 3, -1)).save(path)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        d = data.load_cached(tiny_isic, "test", image_size=48, progress=False)
+        d = cache.load_cached(tiny_isic, "test", image_size=48, progress=False)
     messages = [str(w.message) for w in caught]
     assert len(messages) == 2  # one note on the conversion, one counting the non-binary masks
     assert "ISIC_0000006_Segmentation.png: RGB mask converted to grayscale" in messages[0]

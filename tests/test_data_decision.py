@@ -14,7 +14,7 @@ import zipfile
 import pytest
 
 from helpers import download, experiment, paths, reproduce
-from helpers.data import SPLITS
+from helpers.folders import SPLITS
 from helpers.errors import DataError
 from helpers.experiment import RunConfig, resolve_source
 

@@ -230,17 +230,21 @@ def test_dropped_connection_resumes(tmp_path, server):
 def test_interrupt_keeps_part_and_rerun_resumes(tmp_path, server, monkeypatch):
     publish(server, (DATA,))
     monkeypatch.setattr(download, "CHUNK", 64)
-    real_tqdm = download.tqdm
+    real_bar = download.progress_bar
 
-    class InterruptingBar(real_tqdm):
-        def update(self, n=1):
-            raise KeyboardInterrupt
+    def interrupt(n=1):
+        raise KeyboardInterrupt
 
-    monkeypatch.setattr(download, "tqdm", InterruptingBar)
+    def interrupting_bar(*args, **kwargs):
+        bar = real_bar(*args, **kwargs)
+        bar.update = interrupt
+        return bar
+
+    monkeypatch.setattr(download, "progress_bar", interrupting_bar)
     with pytest.raises(KeyboardInterrupt):
         fetch(tmp_path, server, (DATA,))
     assert (tmp_path / ".downloads" / (DATA.name + ".part")).stat().st_size == 64
-    monkeypatch.setattr(download, "tqdm", real_tqdm)
+    monkeypatch.setattr(download, "progress_bar", real_bar)
     fetch(tmp_path, server, (DATA,))
     assert server.log[-1] == (DATA.name, "bytes=64-")
     assert_layout(tmp_path, (DATA,))

@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers.data import SPLITS, load_dataset
+from helpers.cache import load_dataset
+from helpers.folders import SPLITS
 from helpers.evaluate import evaluate_checkpoint, main, predict_logits, predict_original_size
 from helpers.model import build_model
 from helpers.train import fit, load_checkpoint, save_run

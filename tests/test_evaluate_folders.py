@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers.data import SPLITS, DataWarning, read_mask
+from helpers.folders import SPLITS, DataWarning, read_mask
 from helpers.evaluate import evaluate_checkpoint, evaluate_folders, main
 from helpers.pairing import pair_folders
 from test_evaluate import METRICS, one_thread, read_csv, runs  # noqa: F401 (fixtures shared with test_evaluate)

@@ -15,6 +15,7 @@ from PIL import Image
 
 from helpers import synthetic
 from helpers.errors import DataError
+from helpers.folders import list_split
 from helpers.synthetic import SPLITS, main, render_case, write_synthetic_dataset
 
 N_TRAIN, N_TEST = 12, 6
@@ -50,7 +51,8 @@ def test_splits_constant():
 def test_layout_and_naming(dataset):
     root, summary = dataset
     assert sorted(p.name for p in root.iterdir()) == sorted(FOLDERS + ["synthetic.json"])  # no temp left
-    expected = {"train": range(0, N_TRAIN), "test": range(N_TRAIN, N_TRAIN + N_TEST)}
+    expected = {"train": range(9_000_000, 9_000_000 + N_TRAIN),
+                "test": range(9_000_000 + N_TRAIN, 9_000_000 + N_TRAIN + N_TEST)}
     for split, (images, masks) in SPLITS.items():
         image_names = sorted(p.name for p in (root / images).iterdir())
         mask_names = sorted(p.name for p in (root / masks).iterdir())
@@ -62,6 +64,20 @@ def test_layout_and_naming(dataset):
     assert marker["n_train"] == N_TRAIN and marker["n_test"] == N_TEST and marker["seed"] == 3
     assert marker["source_size"] is None and marker["format_version"] == synthetic.FORMAT_VERSION
     assert summary["written"] is True and summary["n_train"] == N_TRAIN and summary["n_test"] == N_TEST
+
+
+def test_no_synthetic_id_is_a_real_isic_id_and_the_loader_takes_them_all(dataset):
+    root, _ = dataset
+    ids = {split: [s.id for s in list_split(root, split)] for split in SPLITS}
+    assert len(ids["train"]) == N_TRAIN and len(ids["test"]) == N_TEST
+    assert not set(ids["train"]) & set(ids["test"])
+    assert all(int(i.removeprefix("ISIC_")) >= 9_000_000 for split in ids.values() for i in split)
+
+
+def test_too_many_cases_for_seven_digit_ids(tmp_path):
+    with pytest.raises(DataError, match="at most 1000000 cases"):
+        write_synthetic_dataset(tmp_path, n_train=999_999, n_test=2, progress=False)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_images_jpeg_rgb_and_masks_binary_same_size(dataset):
@@ -182,12 +198,17 @@ def test_a_set_of_an_older_format_is_replaced_with_a_message(tmp_path, capsys):
     marker = tmp_path / synthetic.MARKER
     stored = json.loads(marker.read_text())
     marker.write_text(json.dumps({**stored, "format_version": synthetic.FORMAT_VERSION - 1}))
+    for folder in FOLDERS:  # format 2 named its cases from ISIC_0000000, real ISIC ids
+        for path in (tmp_path / folder).iterdir():
+            path.rename(path.with_name(path.name.replace("ISIC_9", "ISIC_0")))
     (tmp_path / SPLITS["train"][0] / "ISIC_0000000.jpg").write_bytes(b"stale")
     capsys.readouterr()
     summary = write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=0, progress=False)
     assert summary["written"] is True and f"writing format {synthetic.FORMAT_VERSION}" in capsys.readouterr().out
     assert json.loads(marker.read_text())["format_version"] == synthetic.FORMAT_VERSION
-    assert Image.open(tmp_path / SPLITS["train"][0] / "ISIC_0000000.jpg").size  # rewritten, readable
+    assert sorted(p.name for p in (tmp_path / SPLITS["train"][0]).iterdir()) == ["ISIC_9000000.jpg",
+                                                                                  "ISIC_9000001.jpg"]
+    assert Image.open(tmp_path / SPLITS["train"][0] / "ISIC_9000000.jpg").size  # rewritten, readable
     marker.write_text(json.dumps({**stored, "format_version": synthetic.FORMAT_VERSION - 1, "seed": 5}))
     with pytest.raises(DataError, match="already exists; pass --overwrite"):  # other parameters: not ours to replace
         write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=0, progress=False)
@@ -207,9 +228,9 @@ def test_other_parameters_need_overwrite_and_overwrite_replaces(tmp_path):
         write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=1, progress=False)
     summary = write_synthetic_dataset(tmp_path, n_train=2, n_test=1, seed=1, overwrite=True, progress=False)
     assert summary["written"] is True
-    assert sorted(p.name for p in (tmp_path / SPLITS["train"][0]).iterdir()) == ["ISIC_0000000.jpg",
-                                                                                  "ISIC_0000001.jpg"]
-    assert sorted(p.name for p in (tmp_path / SPLITS["test"][0]).iterdir()) == ["ISIC_0000002.jpg"]
+    assert sorted(p.name for p in (tmp_path / SPLITS["train"][0]).iterdir()) == ["ISIC_9000000.jpg",
+                                                                                  "ISIC_9000001.jpg"]
+    assert sorted(p.name for p in (tmp_path / SPLITS["test"][0]).iterdir()) == ["ISIC_9000002.jpg"]
     assert json.loads((tmp_path / "synthetic.json").read_text())["seed"] == 1
     assert (tmp_path / "keep.txt").read_text() == "mine"
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FOLDERS + ["keep.txt", "synthetic.json"])
@@ -245,7 +266,7 @@ def test_cli_writes(tmp_path, capsys):
                  "--no-progress"]) == 0
     assert len(list((root / SPLITS["train"][0]).glob("*.jpg"))) == 3
     assert len(list((root / SPLITS["test"][1]).glob("*_Segmentation.png"))) == 2
-    with Image.open(root / SPLITS["test"][0] / "ISIC_0000003.jpg") as image:
+    with Image.open(root / SPLITS["test"][0] / "ISIC_9000003.jpg") as image:
         assert image.size == (64, 48)
     out = capsys.readouterr().out
     assert "wrote 3 train + 2 test images" in out

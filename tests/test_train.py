@@ -4,15 +4,15 @@ import math
 import pytest
 import torch
 
-from helpers import data, train
+from helpers import cache, train
 from helpers.errors import RunStateError, TrainingDiverged
 from helpers.model import build_model
 
 
 @pytest.fixture
 def splits(tiny_isic):
-    return (data.load_dataset(tiny_isic, "train", 32, progress=False),
-            data.load_dataset(tiny_isic, "test", 32, progress=False))
+    return (cache.load_dataset(tiny_isic, "train", 32, progress=False),
+            cache.load_dataset(tiny_isic, "test", 32, progress=False))
 
 
 def _fit(splits, tmp_path, freeze=False, seed=3, epochs=2):
@@ -116,9 +116,9 @@ def test_dataset_batch_indexing_equals_its_items(splits):
 
 def test_training_results_do_not_change_with_the_cache(tiny_isic, tmp_path):
     """The cached tensors (fast batched loader) and the files decoded per item train identically."""
-    cached = (data.load_dataset(tiny_isic, "train", 32, tmp_path / "cache", progress=False),
-              data.load_dataset(tiny_isic, "test", 32, tmp_path / "cache", progress=False))
-    files = (data.FileSegmentation(tiny_isic, "train", 32), data.FileSegmentation(tiny_isic, "test", 32))
+    cached = (cache.load_dataset(tiny_isic, "train", 32, tmp_path / "cache", progress=False),
+              cache.load_dataset(tiny_isic, "test", 32, tmp_path / "cache", progress=False))
+    files = (cache.FileSegmentation(tiny_isic, "train", 32), cache.FileSegmentation(tiny_isic, "test", 32))
     h_cached, h_files = _fit(cached, tmp_path / "a", epochs=1)[1], _fit(files, tmp_path / "b", epochs=1)[1]
     for key in ("train_loss", "test_loss", "test_iou", "test_dice"):
         assert h_cached[0][key] == pytest.approx(h_files[0][key], rel=1e-6, abs=1e-9)

@@ -1,0 +1,238 @@
+"""ISIC 2016 Part 1 folders: the layout, listing, reading and validating one data folder.
+
+Layout under one root (the official archives' names)::
+
+    ISBI2016_ISIC_Part1_Training_Data/ISIC_0000000.jpg
+    ISBI2016_ISIC_Part1_Training_GroundTruth/ISIC_0000000_Segmentation.png
+    ISBI2016_ISIC_Part1_Test_Data/...            ISBI2016_ISIC_Part1_Test_GroundTruth/...
+
+Images and masks are paired by ISIC id. :func:`load_sample` decodes one pair and resizes it to
+``image_size`` (image bilinear, mask nearest); :func:`check_dataset` reads every file of a folder
+and collects its problems. The preprocessing cache and the Datasets are in :mod:`helpers.cache`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, UnidentifiedImageError
+
+from .errors import DataError
+from .metrics import MASK_THRESHOLD
+from .progress import progress_bar
+
+SPLITS = {  # split -> (image folder, mask folder)
+    "train": ("ISBI2016_ISIC_Part1_Training_Data", "ISBI2016_ISIC_Part1_Training_GroundTruth"),
+    "test": ("ISBI2016_ISIC_Part1_Test_Data", "ISBI2016_ISIC_Part1_Test_GroundTruth"),
+}
+IMAGE_RE = re.compile(r"^(ISIC_\d{7})\.(jpe?g|png)$", re.IGNORECASE)
+MASK_RE = re.compile(r"^(ISIC_\d{7})_segmentation\.png$", re.IGNORECASE)
+SYNTHETIC_MARKER = "synthetic.json"  # written by helpers.synthetic into a complete demo set
+SOURCE_LABELS = {"isic2016": "ISIC 2016 Part 1", "synthetic": "SYNTHETIC demo set (not ISIC data)"}
+
+
+def source_of(root: str | os.PathLike) -> str:
+    """"synthetic" for a folder written by helpers.synthetic, else "isic2016"."""
+    return "synthetic" if (Path(root) / SYNTHETIC_MARKER).is_file() else "isic2016"
+
+
+class DataWarning(UserWarning):
+    """Something in the data was fixed on the fly (converted, binarised, ignored)."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One image and its mask (``mask`` is None for a folder of images alone)."""
+
+    id: str
+    image: Path
+    mask: Path | None
+
+
+def _scan(folder: Path, pattern: re.Pattern, kind: str) -> dict[str, Path]:
+    if not folder.is_dir():
+        raise DataError(f"{folder}: {kind} folder not found (expected the ISIC 2016 Part 1 layout; "
+                        "`python -m helpers.data download ROOT` fetches it, "
+                        "`python -m helpers.data synthetic ROOT` writes the demo set)")
+    found: dict[str, Path] = {}
+    ignored = []
+    for path in sorted(folder.iterdir()):
+        match = pattern.match(path.name)
+        if not match or not path.is_file():
+            ignored.append(path.name)
+            continue
+        if match.group(1) in found:
+            raise DataError(f"{path}: duplicate id {match.group(1)} (also {found[match.group(1)].name})")
+        found[match.group(1)] = path
+    if ignored:
+        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
+        warnings.warn(f"{folder}: ignored {len(ignored)} file(s) that are not ISIC {kind} files: {shown}",
+                      DataWarning, stacklevel=3)
+    return found
+
+
+def list_split(root: str | os.PathLike, split: str, require_masks: bool = True) -> list[Sample]:
+    """The samples of ``split`` ("train" or "test"), sorted by id, images paired with masks by id."""
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {sorted(SPLITS)}, got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise DataError(f"{root}: data folder does not exist")
+    image_dir, mask_dir = (root / name for name in SPLITS[split])
+    images = _scan(image_dir, IMAGE_RE, "image")
+    if not images:
+        raise DataError(f"{image_dir}: no ISIC images (ISIC_XXXXXXX.jpg) in this folder: the {split} split is empty")
+    if not require_masks and not mask_dir.exists():
+        return [Sample(i, images[i], None) for i in sorted(images)]
+    masks = _scan(mask_dir, MASK_RE, "mask")
+    problems = []
+    lonely_images = sorted(set(images) - set(masks))
+    lonely_masks = sorted(set(masks) - set(images))
+    if lonely_images:
+        problems.append(f"{len(lonely_images)} image(s) without a mask in {mask_dir}: "
+                        + ", ".join(images[i].name for i in lonely_images[:10]))
+    if lonely_masks:
+        problems.append(f"{len(lonely_masks)} mask(s) without an image in {image_dir}: "
+                        + ", ".join(masks[i].name for i in lonely_masks[:10]))
+    if problems:
+        raise DataError("; ".join(problems))
+    return [Sample(i, images[i], masks[i]) for i in sorted(images)]
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        img = Image.open(path)
+        img.load()  # decode now, so a truncated file fails here and not later
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable or truncated image file ({exc})") from exc
+    return img
+
+
+def read_image(path: Path) -> tuple[Image.Image, list[str]]:
+    """RGB image and notes about conversions (grayscale, RGBA, palette -> RGB)."""
+    img = _open(path)
+    notes = []
+    if img.mode != "RGB":
+        notes.append(f"{path.name}: {img.mode} image converted to RGB")
+        img = img.convert("RGB")
+    return img, notes
+
+
+def read_mask(path: Path) -> tuple[np.ndarray, list[str], bool]:
+    """Binary mask (bool H x W), notes, and whether it was not strictly 0/255 (nor 0/1).
+
+    Lesion is value > 128 (the ISIC scorer's rule), except in a 0/1 mask (largest value 1), where it
+    is value 1, and in a palette mask, where it is any non-zero palette index whatever its colour.
+    """
+    img = _open(path)
+    notes = []
+    if img.mode == "P":
+        notes.append(f"{path.name}: palette mask read by index (non-zero index is lesion)")
+        return np.asarray(img) > 0, notes, False
+    if img.mode not in ("L", "1"):
+        notes.append(f"{path.name}: {img.mode} mask converted to grayscale")
+        img = img.convert("L")
+    arr = np.asarray(img.convert("L"))
+    if arr.max() == 1:  # 0/1 mask: "> 128" would read it as all background
+        return arr > 0, notes, False
+    non_binary = bool(np.any((arr != 0) & (arr != 255)))
+    return arr > MASK_THRESHOLD, notes, non_binary
+
+
+def load_sample(sample: Sample, image_size: int | None) -> dict:
+    """Decode one sample; resize to image_size x image_size unless it is None.
+
+    Returns uint8 arrays ``image`` (H x W x 3), ``mask`` (H x W, 0/1, or None), ``size``
+    (original height, width), ``notes`` and ``non_binary``.
+    """
+    img, notes = read_image(sample.image)
+    mask, non_binary = None, False
+    if sample.mask is not None:
+        mask, mask_notes, non_binary = read_mask(sample.mask)
+        notes += mask_notes
+        if mask.shape != (img.height, img.width):
+            raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
+                            f"{sample.image.name} is {img.width}x{img.height}")
+    size = (img.height, img.width)
+    if image_size is not None:
+        img = img.resize((image_size, image_size), Image.BILINEAR)
+        if mask is not None:
+            mask = np.array(Image.fromarray(mask.astype(np.uint8)).resize((image_size, image_size), Image.NEAREST))
+    return {"image": np.array(img, dtype=np.uint8), "size": size, "notes": notes, "non_binary": non_binary,
+            "mask": None if mask is None else mask.astype(np.uint8)}
+
+
+def _warn_fixes(folder: str, results: list[dict]) -> None:
+    notes = [n for r in results for n in r["notes"]]
+    if notes:
+        warnings.warn(f"{folder}: {len(notes)} file(s) converted: " + "; ".join(notes[:5]), DataWarning, stacklevel=3)
+    non_binary = sum(r["non_binary"] for r in results)
+    if non_binary:
+        warnings.warn(f"{folder}: {non_binary} of {len(results)} masks are not strictly 0/255; binarised at "
+                      f"value > {MASK_THRESHOLD} as the ISIC scorer does", DataWarning, stacklevel=3)
+
+def check_dataset(root, workers: int | None = None, progress: bool = True) -> dict:
+    """Read every file of both splits at full size and collect problems instead of stopping.
+
+    Returns {"root", "splits": {split: {"count", "width", "height", "lesion_fraction"}},
+    "problems": [...], "notes": [...]} with (min, max) width/height and (min, mean, max) lesion
+    area fraction.
+    """
+    report = {"root": str(root), "splits": {}, "problems": [], "notes": []}
+    for split in SPLITS:
+        try:
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", DataWarning)
+                samples = list_split(root, split)
+            report["notes"] += [str(w.message) for w in caught]
+        except DataError as exc:
+            report["problems"].append(str(exc))
+            continue
+
+        def one(sample):
+            try:
+                return load_sample(sample, None)
+            except DataError as exc:
+                return exc
+
+        with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+            results = list(progress_bar(pool.map(one, samples), total=len(samples), desc=f"check {split}",
+                                        unit="img", enabled=progress))
+        good = [r for r in results if not isinstance(r, DataError)]
+        report["problems"] += [str(r) for r in results if isinstance(r, DataError)]
+        report["notes"] += [n for r in good for n in r["notes"]]
+        non_binary = sum(r["non_binary"] for r in good)
+        if non_binary:
+            report["notes"].append(f"{split}: {non_binary} masks not strictly 0/255 (binarised at > {MASK_THRESHOLD})")
+        if good:
+            fractions = np.array([r["mask"].mean() for r in good])
+            report["splits"][split] = {
+                "count": len(samples),
+                "width": (min(r["size"][1] for r in good), max(r["size"][1] for r in good)),
+                "height": (min(r["size"][0] for r in good), max(r["size"][0] for r in good)),
+                "lesion_fraction": (float(fractions.min()), float(fractions.mean()), float(fractions.max())),
+            }
+    return report
+
+
+def format_check(report: dict) -> str:
+    """Human-readable summary of :func:`check_dataset`."""
+    lines = [f"dataset: {report['root']}"]
+    for split, s in report["splits"].items():
+        f = s["lesion_fraction"]
+        lines.append(f"  {split:5s} {s['count']:5d} images, width {s['width'][0]}-{s['width'][1]} px, "
+                     f"height {s['height'][0]}-{s['height'][1]} px, lesion area {f[0]:.1%} min / "
+                     f"{f[1]:.1%} mean / {f[2]:.1%} max")
+    lines += [f"  note: {n}" for n in report["notes"][:20]]
+    if report["problems"]:
+        lines.append(f"{len(report['problems'])} problem(s):")
+        lines += [f"  - {p}" for p in report["problems"]]
+    else:
+        lines.append("no problems found")
+    return "\n".join(lines)
