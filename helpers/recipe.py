@@ -15,6 +15,7 @@ from torch.nn import functional as F
 
 # RGB -> YIQ (NTSC); its Y row is the grey level torchvision uses, and I and Q sum to 0 on greys
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+_RGB = torch.linalg.inv(_YIQ)  # inverted once here: linalg.inv on a CUDA tensor waits for the GPU
 _DRAWS = 10  # uniform numbers per sample: hflip, vflip, rot90, zoom, x shift, y shift, 4 jitter factors
 
 
@@ -111,12 +112,12 @@ def _jitter(x: torch.Tensor, jitter: tuple[float, float, float, float], u: torch
         raise ValueError(f"augment_batch: jitter must be 4 non-negative numbers, hue <= 0.5, got {jitter!r}")
     bright, contrast, sat = (1 + amount * (2 * u[:, i] - 1) for i, amount in enumerate((b, c, s)))
     angle = 2 * math.pi * h * (2 * u[:, 3] - 1)
-    yiq = _YIQ.to(x)
+    yiq, rgb = _YIQ.to(x), _RGB.to(x)
     chroma = torch.zeros(len(x), 3, 3, dtype=x.dtype, device=x.device)
     chroma[:, 0, 0] = 1
     chroma[:, 1, 1] = chroma[:, 2, 2] = sat * torch.cos(angle)
     chroma[:, 1, 2], chroma[:, 2, 1] = -sat * torch.sin(angle), sat * torch.sin(angle)
-    a = (bright * contrast)[:, None, None] * (torch.linalg.inv(yiq) @ chroma @ yiq)
+    a = (bright * contrast)[:, None, None] * (rgb @ chroma @ yiq)
     grey = torch.einsum("c,bchw->b", yiq[0], x) / x[0, 0].numel()  # mean grey level before brightness
     d = ((1 - contrast) * bright * grey)[:, None, None, None]  # greys are fixed points of the chroma matrix
     return torch.einsum("bij,bjhw->bihw", a, x) + d
