@@ -171,7 +171,9 @@ def resolve_source(cfg: RunConfig, log=print) -> tuple[str, Path, str]:
         except DownloadError as exc:
             reason = " ".join(str(exc).split())
             if cfg.data == "isic2016":
-                raise DataError(f"{root}: ISIC 2016 Part 1 data not found and not downloaded: {reason}") from None
+                raise DataError(f"{root}: ISIC 2016 Part 1 data not found and not downloaded: {reason}; download it "
+                                f"with `make data` where the internet is reachable (python -m helpers.data download "
+                                f"{root}), or put the four archives in {root / '.downloads'}") from None
             root = paths.SYNTHETIC
             line = (f"data: SYNTHETIC demo set, because ISIC 2016 Part 1 is not in {paths.ISIC2016} and could not be "
                     f"downloaded ({reason}); to use the real data, run `make data` where the internet is reachable, "
