@@ -1,4 +1,4 @@
-"""nbval over the four notebooks, and the headless pipeline, both on the tiny setting."""
+"""nbval over the five notebooks, the notebooks one by one in numbered order, and the headless pipeline, all on the tiny setting."""
 
 import csv
 import json
@@ -35,7 +35,7 @@ def test_notebooks_are_committed_thin():
                 assert bool(cell.outputs) == is_checked(cell), f"{path.name}: only checked cells keep outputs"
 
 
-def test_nbval_runs_all_four_notebooks(tmp_path):
+def test_nbval_runs_all_five_notebooks(tmp_path):
     copies = parameterized_copies(tmp_path)
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "--nbval-lax", "--nbval-current-env", "-p", "no:cacheprovider",
@@ -248,3 +248,52 @@ def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert err.startswith("interrupted: rerun the same command to resume") and err.count("\n") == 1
     assert str(tmp_path / "runs" / "c") in err and "Traceback" not in err
+
+
+def test_notebooks_run_one_by_one_in_numbered_order_and_the_comparison_runs_with_a_model_missing(tmp_path):
+    """As a JupyterLab user would: each notebook in its own kernel, in numbered order; the comparison
+    (05) also before Model 3's notebook (04) has run, saying what is missing and which notebook makes it."""
+    copies = parameterized_copies(tmp_path)
+    assert [p.name for p in copies] == sorted(p.name for p in copies)  # numbered order is running order
+    out = tmp_path / "executed"
+    text = lambda nb: " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    for copy in copies[:3]:
+        reproduce.run_notebook(copy, out / copy.name, {})
+    reproduce.run_notebook(copies[4], out / "05_without_model3.ipynb", {})
+    early = text(nbformat.read(out / "05_without_model3.ipynb", as_version=4))
+    assert "Model 3 (fine-tuned, U-Net decoder): no results in" in early and "04_model3_unet_decoder.ipynb" in early
+    assert not (tmp_path / "figures" / "fig14_iou_scatter_model3.png").exists()
+    assert (tmp_path / "figures" / "fig13_iou_scatter.png").is_file()
+    for copy in copies[3:]:
+        reproduce.run_notebook(copy, out / copy.name, {})
+    assert "no results in" not in text(nbformat.read(out / "05_comparison.ipynb", as_version=4))
+    assert (tmp_path / "figures" / "fig14_iou_scatter_model3.png").is_file()
+
+
+def test_main_job_on_a_folder_with_a_training_split_only(tmp_path, capsys):
+    """A clinic's own images: a seeded 20% validation split is held out, written to split.json and scored;
+    Model 3's recipe options (augmentation, BCE + Dice, cosine, best validation epoch) run end to end."""
+    from conftest import write_pair
+
+    root = tmp_path / "clinic"
+    for i in range(15):
+        write_pair(root, "train", i, size=(48, 36))
+    args = ["--data-dir", str(root), "--image-size", "32", "--epochs", "2", "--batch-size", "4", "--device", "cpu",
+            "--encoder-weights", "none", "--no-html", "--runs-dir", str(tmp_path / "runs"), "--name", "clinic",
+            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--m3-augment", "on",
+            "--m3-loss", "bce_dice", "--m3-schedule", "cosine", "--m3-select", "best", "--m3-epochs", "3"]
+    assert reproduce.main(args) == 0, capsys.readouterr()
+    run = tmp_path / "runs" / "clinic"
+    split = json.loads((run / "split.json").read_text())
+    assert split["n_validation"] == 3 and split["fraction"] == 0.2 and not set(split["train_ids"]) & set(split["validation_ids"])
+    results = json.loads((run / "results.json").read_text())
+    assert results["scored_split"] == "validation" and "training split only" in results["data_decision"]
+    assert "20% validation split (split seed 0, 3 images)" in results["data_source"]
+    m3 = json.loads((run / "model3_unet" / "seed0" / "metrics.json").read_text())
+    assert m3["recipe"]["select"] == "best" and m3["selected_on_scored_split"] is True and m3["n_test"] == 3
+    history = json.loads((run / "model3_unet" / "seed0" / "history.json").read_text())
+    assert len(history["history"]) == 3 and "val_iou" in history["history"][0]
+    assert history["settings"]["n_train"] == 12 and history["settings"]["loss"] == "BCEWithLogitsLoss + soft Dice"
+    for model in reproduce.MODELS:
+        rows = (run / model / "seed0" / "original" / "per_image.csv").read_text().splitlines()[1:]
+        assert sorted(r.split(",")[0] for r in rows) == split["validation_ids"]  # scored on the held-out ids only

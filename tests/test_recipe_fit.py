@@ -1,0 +1,100 @@
+"""fit with Model 3's recipe: augmentation, BCE + Dice, lr schedules, the best validation epoch, resume."""
+
+import json
+
+import pytest
+import torch
+
+from helpers import cache, recipe, train
+from helpers.model import build_model
+
+from test_train import Faulty, _strip
+
+RECIPE = {"augment": True, "loss": "bce_dice", "schedule": "cosine", "select": "best", "eval_split": "validation"}
+
+
+@pytest.fixture
+def splits(tiny_isic):  # the "test" images play the validation split here
+    return (cache.load_dataset(tiny_isic, "train", 32, progress=False),
+            cache.load_dataset(tiny_isic, "test", 32, progress=False))
+
+
+def _fit(train_set, val_set, out, epochs=3, log=None, seed=3, **kw):
+    torch.manual_seed(seed)
+    model = build_model(False, encoder_weights=None, decoder="unet")
+    history = train.fit(model, train_set, val_set, epochs=epochs, batch_size=4, seed=seed, device="cpu", out_dir=out,
+                        progress=False, log=log, **{**RECIPE, **kw})
+    return model, history
+
+
+def test_recipe_settings_and_history_name_the_validation_split(splits, tmp_path):
+    _, history = _fit(*splits, tmp_path, epochs=2)
+    saved = json.loads((tmp_path / "history.json").read_text())
+    s = saved["settings"]
+    assert s["loss"] == "BCEWithLogitsLoss + soft Dice" and s["schedule"].startswith("cosine") and s["select"] == "best"
+    assert s["augment"].startswith("flips=True") and s["eval_split"] == "validation"
+    assert set(history[0]) == {"epoch", "train_loss", "val_loss", "val_iou", "val_dice", "seconds"}
+
+
+def test_the_best_validation_epoch_is_kept(splits, tmp_path):
+    model, history = _fit(*splits, tmp_path, epochs=4, lr=0.01)
+    best = max(history, key=lambda r: r["val_iou"])
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert saved["selected_epoch"] == best["epoch"] and len(saved["history"]) == 4
+    ev = train.evaluate(model, train.make_loader(splits[1], 4, False), torch.device("cpu"))
+    from helpers import metrics
+    assert float(metrics.jaccard(ev["counts"], "macro")) == pytest.approx(best["val_iou"], abs=1e-9)
+    reloaded, ckpt = train.load_checkpoint(tmp_path / "checkpoint.pt")
+    assert ckpt["selected_epoch"] == best["epoch"]
+    assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in reloaded.state_dict().items())
+
+
+def test_an_interrupted_recipe_run_resumes_to_the_same_history_and_weights(splits, tmp_path):
+    """The lr schedule, the augmentation generator and the best epoch so far are saved with last.pt."""
+    reference, h_ref = _fit(*splits, tmp_path / "ref", epochs=3)
+    faulty = Faulty(splits[0], after_epoch=2, fault="interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(faulty, splits[1], tmp_path / "run", epochs=3, log=faulty.log)
+    extra = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["extra"]
+    assert {"scheduler", "augment_rng", "best"} <= set(extra)
+    lines = []
+    model, history = _fit(*splits, tmp_path / "run", epochs=3, log=lines.append, seed=3)
+    assert "resuming after epoch 2 of 3" in lines[0]
+    assert _strip(history) == _strip(h_ref)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+
+
+def test_choosing_an_epoch_on_the_test_split_is_refused(splits, tmp_path):
+    with pytest.raises(ValueError, match="validation split"):
+        _fit(*splits, tmp_path, epochs=1, eval_split="test")
+
+
+def test_the_reports_recipe_draws_no_augmentation_and_no_schedule(splits, tmp_path, monkeypatch):
+    """Models 1 and 2 keep the report's recipe: plain BCE, constant lr, no augmentation, last epoch."""
+    monkeypatch.setattr(recipe, "augment_batch", lambda *a, **k: pytest.fail("augmented a report-recipe run"))
+    made = []
+    real = recipe.make_scheduler
+    monkeypatch.setattr(recipe, "make_scheduler", lambda *a, **k: made.append(real(*a, **k)) or made[-1])
+    torch.manual_seed(0)
+    model = build_model(True, encoder_weights=None)
+    train.fit(model, *splits, epochs=2, batch_size=4, seed=0, device="cpu", out_dir=tmp_path, progress=False, log=None)
+    saved = json.loads((tmp_path / "history.json").read_text())
+    assert made == [None] and saved["selected_epoch"] == 2
+    assert {k: saved["settings"][k] for k in ("loss", "schedule", "augment", "select", "eval_split")} == {
+        "loss": "BCEWithLogitsLoss", "schedule": "constant", "augment": "off", "select": "last", "eval_split": "test"}
+
+
+def test_a_run_saved_before_the_recipe_settings_existed_still_resumes(splits, tmp_path):
+    """Its settings lack the recipe keys: they read as the report's recipe, so nothing is refused."""
+    torch.manual_seed(0)
+    model = build_model(True, encoder_weights=None)
+    history = train.fit(model, *splits, epochs=1, batch_size=4, seed=0, device="cpu", out_dir=tmp_path,
+                        progress=False, log=None)
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    for key in ("eval_split", "select", "augment", "schedule"):
+        del ckpt["settings"][key]
+    torch.save(ckpt, tmp_path / "checkpoint.pt")
+    lines = []
+    again = train.fit(build_model(True, encoder_weights=None), *splits, epochs=1, batch_size=4, seed=0, device="cpu",
+                      out_dir=tmp_path, progress=False, log=lines.append)
+    assert again == history and "reused the finished training" in lines[0]
