@@ -49,18 +49,28 @@ def _np_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
 
 
 def intensity_histograms(images: torch.Tensor, masks: torch.Tensor, note: str, bins: int = 64) -> Figure:
-    """Report Figure 1. images: uint8 N x 3 x H x W; masks: N x 1 x H x W (0/1)."""
+    """Report Figure 1. images: uint8 N x 3 x H x W; masks: N x 1 x H x W (0/1).
+
+    Left: the intensity of each colour channel, for lesion pixels (dashed) and for the skin around
+    them (solid), each normalised to unit area, so that the two can be told apart even where one
+    outnumbers the other. Right: how much of each image the lesion covers.
+    """
     fig = Figure(figsize=(11, 3.8))
-    ax_img, ax_mask = fig.subplots(1, 2)
+    ax_img, ax_area = fig.subplots(1, 2)
+    lesion = masks[:, 0].bool()
     for c, colour in enumerate(("red", "green", "blue")):
-        values = images[:, c].reshape(-1).float().numpy()
-        ax_img.hist(values, bins=bins, range=(0, 255), color=colour, alpha=0.45, label=colour, density=True)
-    ax_img.set(title=f"Image pixel intensities ({len(images)} images)", xlabel="intensity (0-255)", ylabel="density")
-    ax_img.legend()
-    m = masks.reshape(-1).float().numpy()
-    ax_mask.hist(m, bins=[-0.5, 0.5, 1.5], color="0.35", rwidth=0.6)
-    ax_mask.set(title=f"Mask values: lesion {m.mean():.1%} of pixels", xlabel="mask value",
-                ylabel="pixels", xticks=[0, 1], xticklabels=["0 background", "1 lesion"])
+        channel = images[:, c]
+        for where, style, label in ((~lesion, "-", "skin"), (lesion, "--", "lesion")):
+            values = channel[where].float().numpy()
+            if values.size:
+                ax_img.hist(values, bins=bins, range=(0, 255), density=True, histtype="step", linestyle=style,
+                            color=colour, linewidth=1.3, label=f"{colour}, {label}")
+    ax_img.set(title=f"Pixel intensities ({len(images)} images)", xlabel="intensity (0-255)", ylabel="density")
+    ax_img.legend(fontsize=7, ncol=2)
+    fraction = masks.float().mean(dim=(1, 2, 3)).numpy()
+    ax_area.hist(fraction, bins=20, range=(0, 1), color="0.35", rwidth=0.9)
+    ax_area.set(title=f"Lesion area per image: mean {fraction.mean():.1%} of the image",
+                xlabel="fraction of the image that is lesion", ylabel="images")
     return _finish(fig, "Pixel-intensity histograms", note)
 
 
