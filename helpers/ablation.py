@@ -88,7 +88,8 @@ def run_variant(name: str, recipe: dict, root: Path, split: dict, seed: int, out
             "val_jaccard": scored["macro"]["jaccard"], "val_dice": scored["macro"]["dice"],
             "val_jaccard_last_epoch_working": history[-1]["val_iou"],
             "val_jaccard_best_epoch_working": best["val_iou"], "best_epoch": best["epoch"],
-            "train_seconds": sum(row["seconds"] for row in history)}
+            "train_seconds": sum(row["seconds"] for row in history),
+            "val_jaccard_per_epoch_working": [row["val_iou"] for row in history]}
 
 
 def table(runs: list[dict]) -> list[dict]:
@@ -105,7 +106,25 @@ def table(runs: list[dict]) -> list[dict]:
     return rows
 
 
-def markdown(rows: list[dict], header: str) -> str:
+EPOCHS_SHOWN = (5, 10, 15, 20, 25, 30, 40)
+
+
+def epoch_rows(runs: list[dict]) -> list[dict]:
+    """Validation Jaccard (working size) after k epochs, for the variants with a constant learning rate:
+    there the first k epochs of a run are exactly a k-epoch run, so one run measures every k."""
+    rows = []
+    for name in dict.fromkeys(r["variant"] for r in runs if r["recipe"]["schedule"] == "constant"):
+        mine = [r for r in runs if r["variant"] == name]
+        n = min(len(r["val_jaccard_per_epoch_working"]) for r in mine)
+        row = {"variant": name}
+        for k in (k for k in EPOCHS_SHOWN if k <= n):
+            v = np.array([r["val_jaccard_per_epoch_working"][k - 1] for r in mine])
+            row[k] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        rows.append(row)
+    return rows
+
+
+def markdown(rows: list[dict], header: str, by_epoch: list[dict] = ()) -> str:
     def ms(v, digits=3):
         return f"{v['mean']:.{digits}f} ± {v['sd']:.{digits}f}"
 
@@ -116,6 +135,12 @@ def markdown(rows: list[dict], header: str) -> str:
         minutes = {k: v / 60 for k, v in r["train_seconds"].items()}
         lines.append(f"| {r['variant']} | {recipe} | {len(r['seeds'])} | {ms(r['val_jaccard'])} | {ms(r['val_dice'])} | "
                      f"{ms(r['val_jaccard_best_epoch_working'])} | {ms(minutes, 1)} |")
+    shown = [k for k in EPOCHS_SHOWN if any(k in r for r in by_epoch)]
+    if shown:
+        lines += ["", "Validation Jaccard (working size) after k epochs, constant learning rate:", "",
+                  "| variant | " + " | ".join(f"{k} epochs" for k in shown) + " |",
+                  "| --- |" + " --- |" * len(shown)]
+        lines += [f"| {r['variant']} | " + " | ".join(ms(r[k]) if k in r else "" for k in shown) + " |" for r in by_epoch]
     return "\n".join(lines) + "\n"
 
 
@@ -161,7 +186,7 @@ def main(argv: list[str] | None = None) -> int:
               f"validation images ({args.val_fraction:.0%} split, split seed {args.split_seed}), encoder weights "
               f"{runs[0]['weights']}, seeds {args.seeds}, {torch.get_num_threads()} CPU thread(s)"
               if runs else "no runs")
-    text = markdown(rows, header)
+    text = markdown(rows, header, epoch_rows(runs))
     write_json(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.json", {"header": header, "rows": rows, "runs": runs})
     write_text(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.md", text)
     print(text)

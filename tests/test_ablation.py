@@ -1,0 +1,55 @@
+"""helpers.ablation on a tiny training-only folder: variants over seeds, scored on held-out ids only."""
+
+import json
+
+import pytest
+
+from helpers import ablation
+from helpers.errors import ProjectError
+
+from conftest import write_pair
+
+
+@pytest.fixture
+def folder(tmp_path):
+    root = tmp_path / "train-only"
+    for i in range(10):
+        write_pair(root, "train", i, size=(40, 30))
+    return root
+
+
+def test_variants_parse_from_presets_and_specs():
+    assert ablation.parse_variant("full") == ("full", ablation.FULL)
+    assert ablation.parse_variant("mine=augment:on,image_size:192") == ("mine", {"augment": "on", "image_size": 192})
+    with pytest.raises(ProjectError, match="unknown variant"):
+        ablation.parse_variant("nonesuch")
+    with pytest.raises(ProjectError, match="unknown key 'colour'"):
+        ablation.parse_variant("x=colour:red")
+
+
+def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(folder, tmp_path, capsys):
+    out = tmp_path / "abl"
+    args = ["--data-dir", str(folder), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
+            "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
+            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine"]
+    assert ablation.main(args) == 0
+    printed = capsys.readouterr().out
+    assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
+    split = json.loads((out / "split.json").read_text())
+    report = json.loads((out / "ablation-plain-recipe.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("plain", 0), ("plain", 1), ("recipe", 0), ("recipe", 1)]
+    for run in report["runs"]:
+        scored = (out / run["variant"] / f"seed{run['seed']}" / "original" / "per_image.csv").read_text()
+        assert sorted(line.split(",")[0] for line in scored.splitlines()[1:]) == split["validation_ids"]
+        assert 0 <= run["val_jaccard"] <= 1 and run["train_seconds"] > 0
+    row = report["rows"][1]
+    assert row["recipe"]["loss"] == "bce_dice" and row["seeds"] == [0, 1] and row["val_jaccard"]["sd"] >= 0
+    # a rerun reuses the finished trainings and gives the same table
+    assert ablation.main(args) == 0
+    assert json.loads((out / "ablation-plain-recipe.json").read_text())["rows"] == report["rows"]
+
+
+def test_a_folder_without_a_training_split_is_one_error_line(tmp_path, capsys):
+    assert ablation.main(["--data-dir", str(tmp_path), "--encoder-weights", "none", "--out", str(tmp_path / "o")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "no ISIC 2016 training split" in err and err.count("\n") == 1
