@@ -212,7 +212,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    cfg = RunConfig(data=args.data, data_dir=args.data_dir, synthetic_train=args.synthetic_train,
+    # paths given on the command line are relative to where it runs; the notebooks run in notebooks/
+    if weights not in (None, "auto", "imagenet"):
+        weights = str(Path(weights).expanduser().resolve())
+    data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
+    cfg = RunConfig(data=args.data, data_dir=data_dir, synthetic_train=args.synthetic_train,
                     synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, seeds=args.seeds, device=args.device,
                     tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,

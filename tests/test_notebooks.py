@@ -297,3 +297,14 @@ def test_main_job_on_a_folder_with_a_training_split_only(tmp_path, capsys):
     for model in reproduce.MODELS:
         rows = (run / model / "seed0" / "original" / "per_image.csv").read_text().splitlines()[1:]
         assert sorted(r.split(",")[0] for r in rows) == split["validation_ids"]  # scored on the held-out ids only
+
+
+def test_relative_paths_on_the_command_line_are_taken_from_where_it_runs(tmp_path, monkeypatch):
+    """The notebooks run in notebooks/, so a relative weights file or data folder is made absolute first."""
+    seen = {}
+    monkeypatch.setattr(reproduce, "reproduce", lambda cfg, **kw: seen.setdefault("cfg", cfg) and 1 / 0)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(ZeroDivisionError):
+        reproduce.main(["--encoder-weights", "weights/w.pth", "--data-dir", "my-data", "--name", "rel"])
+    assert seen["cfg"].encoder_weights == str(tmp_path / "weights" / "w.pth")
+    assert seen["cfg"].data_dir == str(tmp_path / "my-data")
