@@ -180,12 +180,19 @@ def _warn_fixes(folder: str, results: list[dict]) -> None:
 def check_dataset(root, workers: int | None = None, progress: bool = True) -> dict:
     """Read every file of both splits at full size and collect problems instead of stopping.
 
+    A folder with the training split and neither test folder is fine (a note says a validation
+    split will be held out of it); a test split with one of its two folders missing is a problem.
+
     Returns {"root", "splits": {split: {"count", "width", "height", "lesion_fraction"}},
     "problems": [...], "notes": [...]} with (min, max) width/height and (min, mean, max) lesion
     area fraction.
     """
     report = {"root": str(root), "splits": {}, "problems": [], "notes": []}
     for split in SPLITS:
+        if split == "test" and Path(root).is_dir() and not any((Path(root) / f).exists() for f in SPLITS["test"]):
+            report["notes"].append("no test split: runs hold out a validation split of the training images "
+                                   "(VAL_FRACTION, 0.2 by default)")
+            continue
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always", DataWarning)

@@ -187,6 +187,18 @@ def test_check_command_lists_problems_and_fails(tiny_isic, capsys):
     assert "ISIC_0000009.jpg" in out and "2 problem(s)" in out
 
 
+def test_check_accepts_a_training_split_alone_but_not_half_a_test_split(tiny_isic, capsys):
+    import shutil
+
+    for folder in SPLITS["test"]:
+        shutil.rmtree(tiny_isic / folder)
+    assert data.main(["check", str(tiny_isic), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "train     6 images" in out and "no test split: runs hold out a validation split" in out
+    (tiny_isic / SPLITS["test"][0]).mkdir()  # images without their masks folder is a problem
+    assert data.main(["check", str(tiny_isic), "--quiet"]) == 1
+
+
 def test_check_command_on_missing_root(tmp_path, capsys):
     assert data.main(["check", str(tmp_path / "missing"), "--quiet"]) == 1
     assert "does not exist" in capsys.readouterr().out
