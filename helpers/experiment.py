@@ -143,7 +143,8 @@ def resolve_source(cfg: RunConfig, log=print) -> tuple[str, Path, str]:
     """Which data this run uses, where, and a one-line reason; downloads or generates it when needed.
 
     - DATA="synthetic": the synthetic demo set (generated on first use; never the network).
-    - a folder (``data_dir``, else data/isic2016) with at least the ISIC 2016 training split: that folder.
+    - a folder named by ``data_dir`` with at least the ISIC 2016 training split, or a complete
+      data/isic2016: that folder.
     - DATA="auto" with a named ``data_dir`` that lacks it: an error (a named folder is never swapped).
     - otherwise the ISIC archive at ``cfg.isic_url`` is asked (one small request, a few seconds at
       most): when it answers, the four archives are downloaded, verified and extracted
@@ -152,7 +153,9 @@ def resolve_source(cfg: RunConfig, log=print) -> tuple[str, Path, str]:
     """
     if cfg.data in ("auto", "isic2016"):
         root = _under_root(cfg.data_dir) if cfg.data_dir else paths.ISIC2016
-        if has_split(root, "train"):
+        # a folder named by the user may hold the training split alone; data/isic2016 must be complete
+        # (a partial download there is resumed below)
+        if isic_present(root) or (cfg.data_dir and has_split(root, "train")):
             what = "training and test splits" if has_split(root, "test") else "training split only"
             return "isic2016", root, f"data: {root} ({what})"
         if cfg.data == "auto" and cfg.data_dir:  # a folder named by the user is never swapped for the synthetic set

@@ -140,3 +140,12 @@ def test_main_job_downloads_and_runs_on_the_downloaded_data(server, isolated, ca
         assert results["models"][model]["seeds"] == [0]
         per_image = (isolated / "runs" / "dl" / model / "seed0" / "original" / "per_image.csv").read_text()
         assert per_image.count("\n") == TINY["test"] + 1  # the downloaded test images, scored at their own size
+
+
+def test_a_partial_download_in_data_isic2016_is_completed_not_used_as_a_training_only_folder(server, isolated):
+    publish_tiny_isic(server, isolated)
+    download.download_isic2016(paths.ISIC2016, server.url, ARCHIVES[:2], progress=False)  # the test split is missing
+    lines = []
+    source, root, decision = resolve_source(cfg(isolated, isic_url=server.url), log=lines.append)
+    assert source == "isic2016" and "downloaded from" in decision
+    assert all((root / folder).is_dir() for pair in SPLITS.values() for folder in pair)
