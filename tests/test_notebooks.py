@@ -308,3 +308,21 @@ def test_relative_paths_on_the_command_line_are_taken_from_where_it_runs(tmp_pat
         reproduce.main(["--encoder-weights", "weights/w.pth", "--data-dir", "my-data", "--name", "rel"])
     assert seen["cfg"].encoder_weights == str(tmp_path / "weights" / "w.pth")
     assert seen["cfg"].data_dir == str(tmp_path / "my-data")
+
+
+def test_the_notebooks_defaults_are_the_run_configs():
+    """Opened in JupyterLab, a notebook runs with the same settings as `make reproduce` does by default."""
+    import ast
+
+    import papermill as pm
+
+    defaults = reproduce.notebook_parameters(RunConfig())
+    for path in NOTEBOOKS:
+        declared = pm.inspect_notebook(str(path))
+        for name, spec in declared.items():
+            if name in ("RUN_DIR", "FIGURES_DIR"):  # the notebooks write to runs/interactive, make to runs/<NAME>
+                continue
+            assert ast.literal_eval(spec["default"]) == defaults[name], f"{path.name}: {name}"
+        assert {"DATA", "VAL_FRACTION", "SPLIT_SEED", "SEED", "ENCODER_WEIGHTS"} <= set(declared)
+    assert {k for k in pm.inspect_notebook(str(NOTEBOOKS[3])) if k.startswith("M3_")} == {
+        k for k in defaults if k.startswith("M3_")}
