@@ -134,7 +134,7 @@ def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, 
         axes[i, 2].imshow(preds[i, 0].float().cpu().numpy(), cmap="gray", vmin=0, vmax=1)
         axes[i, 2].set_title(f"predicted, IoU {ious[i]:.3f}", fontsize=9)
         outlines(axes[i, 3], images[i], masks[i], preds[i])
-        axes[i, 3].set_title("outlines: true (green), predicted (magenta)", fontsize=8)
+        axes[i, 3].set_title("true (green), predicted (magenta)", fontsize=8)
     for ax in axes.ravel():  # frames stay visible, so an all-lesion or empty mask still shows
         ax.set_xticks([])
         ax.set_yticks([])
