@@ -401,6 +401,18 @@ def seed_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+OBJECTIVES = {"bce_dice": "BCE + soft Dice"}  # training losses other than the report's BCE, as figures name them
+
+
+def loss_figure(runs: dict[str, dict], note: str, title: str):
+    """Loss curves of one run per model ({label: run}), each training curve naming its loss when it
+    is not the report's BCE (Model 3's recipe may add soft Dice)."""
+    from .plots import loss_curves
+
+    objectives = {label: OBJECTIVES.get((run["metrics"].get("recipe") or {}).get("loss")) for label, run in runs.items()}
+    return loss_curves({label: run["history"] for label, run in runs.items()}, note, title, objectives)
+
+
 def ranked(rows: list[dict], n: int, best: bool) -> list[int]:
     """Indices of the n best (highest IoU) or worst test images; ties broken by id."""
     order = sorted(range(len(rows)), key=lambda i: (-rows[i]["jaccard"] if best else rows[i]["jaccard"], rows[i]["id"]))

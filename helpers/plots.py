@@ -89,21 +89,28 @@ def sample_grid(images: torch.Tensor, masks: torch.Tensor, ids: Sequence[str], n
     return _finish(fig, "Sample images (top) and lesion masks (bottom)", note)
 
 
-def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Training and test loss") -> Figure:
-    """Report Figures 3 and 6 (one model) or the comparison (several): loss per epoch."""
+def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Training and test loss",
+                objectives: dict[str, str] | None = None) -> Figure:
+    """Report Figures 3 and 6 (one model) or the comparison (several): loss per epoch.
+
+    The scored split's loss is always the BCE with logits; ``objectives`` names, per model, a
+    training loss that is not (e.g. "BCE + soft Dice"), which its training curve then says.
+    """
     fig = Figure(figsize=(7, 4.2))
     ax = fig.subplots()
     for i, (name, history) in enumerate(histories.items()):
         epochs = [row["epoch"] for row in history]
         colour = f"C{i}"
         prefix = f"{name}: " if len(histories) > 1 else ""
-        ax.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3, color=colour, label=f"{prefix}train")
+        objective = (objectives or {}).get(name)
+        ax.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3, color=colour,
+                label=f"{prefix}train" + (f" ({objective})" if objective else ""))
         split = "test" if "test_loss" in history[0] else "val"
         ax.plot(epochs, [row[f"{split}_loss"] for row in history], "--s", ms=3, color=colour,
                 label=f"{prefix}{'test' if split == 'test' else 'validation'}")
     ax.set(xlabel="epoch", ylabel="loss per pixel (BCE with logits)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    ax.legend(fontsize=8)
     return _finish(fig, "", note)
 
 

@@ -67,3 +67,16 @@ def test_outputs_are_written_only_through_temporary_names():
         opened = re.findall(r"\bopen\(([^)]*)\)", source)
         writes = [o for o in opened if re.search(r"[\"'][wax]b?[\"']|\"ab\" if", o)]
         assert not writes or path.name == "download.py", f"{path.name} opens {writes} for writing"
+
+
+def test_loss_curves_name_the_split_and_a_training_loss_that_is_not_bce():
+    history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
+    fig = plots.loss_curves({"m": history}, "note", objectives={"m": "BCE + soft Dice"})
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train (BCE + soft Dice)", "validation"]
+    from helpers import experiment
+
+    runs = {"a": {"history": history, "metrics": {"recipe": {"loss": "bce_dice"}}},
+            "b": {"history": history, "metrics": {}}}  # a run saved before recipes were recorded
+    fig = experiment.loss_figure(runs, "note", "t")
+    assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
+        "a: train (BCE + soft Dice)", "a: validation", "b: train", "b: validation"]
