@@ -26,11 +26,11 @@ import numpy as np
 import torch
 
 from . import paths
-from .cache import load_dataset
+from .cache import TensorSegmentation, load_dataset
 from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .experiment import subset
-from .folders import SPLITS
+from .folders import SPLITS, list_split
 from .io import write_json, write_text
 from .model import build_model
 from .splits import holdout, split_record, write_split
@@ -69,11 +69,11 @@ def parse_variant(text: str) -> tuple[str, dict]:
     return name, recipe
 
 
-def run_variant(name: str, recipe: dict, root: Path, split: dict, seed: int, out: Path, *, weights,
-                batch_size: int, lr: float, device: str, cache: Path | None, progress: bool) -> dict:
-    """Train one variant for one seed on the split's training ids; score the held-out ids."""
+def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, split: dict, seed: int, out: Path,
+                *, weights, batch_size: int, lr: float, device: str, progress: bool) -> dict:
+    """Train one variant for one seed on the split's training ids of ``full`` (the training split decoded
+    at the variant's working size); score the held-out ids."""
     r = {**BASE, **recipe}
-    full = load_dataset(root, "train", r["image_size"], cache, progress=progress)
     train, val = subset(full, split["train_ids"]), subset(full, split["validation_ids"])
     torch.manual_seed(seed)
     model = build_model(False, encoder_weights=weights, decoder=r["decoder"], progress=False)
@@ -165,15 +165,18 @@ def main(argv: list[str] | None = None) -> int:
         variants = [parse_variant(v) for v in args.variants]
         if not all((args.data_dir / f).is_dir() for f in SPLITS["train"]):
             raise ProjectError(f"{args.data_dir}: no ISIC 2016 training split (images and masks folders)")
-        ids = load_dataset(args.data_dir, "train", BASE["image_size"], args.cache_dir, progress=False).ids
+        ids = [sample.id for sample in list_split(args.data_dir, "train")]
         split = split_record(*holdout(ids, args.val_fraction, args.split_seed), args.val_fraction, args.split_seed)
         write_split(args.out, split)
-        runs = []
+        runs, decoded = [], {}  # working size -> the training split, decoded once
         for name, recipe in variants:
+            size = {**BASE, **recipe}["image_size"]
+            if size not in decoded:
+                decoded[size] = load_dataset(args.data_dir, "train", size, args.cache_dir, progress=not args.quiet)
             for seed in args.seeds:
                 t0 = time.perf_counter()
-                run = run_variant(name, recipe, args.data_dir, split, seed, args.out, weights=weights,
-                                  batch_size=args.batch_size, lr=args.lr, device=args.device, cache=args.cache_dir,
+                run = run_variant(name, recipe, decoded[size], args.data_dir, split, seed, args.out, weights=weights,
+                                  batch_size=args.batch_size, lr=args.lr, device=args.device,
                                   progress=not args.quiet)
                 runs.append(run)
                 print(f"{name} seed {seed}: val Jaccard {run['val_jaccard']:.4f} (original size), trained in "

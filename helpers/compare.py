@@ -46,7 +46,7 @@ def available_results(run_dir: str | Path, log=print) -> dict[str, dict]:
             results[name] = load_result(run_dir, name)
         elif log:
             log(f"{label}: no results in {Path(run_dir) / name} - run notebooks/{NOTEBOOK_OF[name]} to make them")
-    if not results:
+    if not results and log:
         log(f"no model results in {run_dir} yet: the tables and figures below stay empty")
     return results
 

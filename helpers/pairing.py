@@ -44,8 +44,7 @@ def _scan(folder: Path, kind: str) -> dict[str, Path]:
             raise DataError(f"{path}: duplicate stem {path.stem!r} (also {found[key].name}); keep one of the two")
         found[key] = path
     if ignored:
-        shown = ", ".join(ignored[:5]) + (" ..." if len(ignored) > 5 else "")
-        warnings.warn(f"{folder}: ignored {len(ignored)} file(s) that are not images PIL reads: {shown}",
+        warnings.warn(f"{folder}: ignored {len(ignored)} file(s) that are not images PIL reads: {_listed(ignored)}",
                       DataWarning, stacklevel=3)
     return found
 

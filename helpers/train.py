@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.utils.data import BatchSampler, DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from . import checkpoint, metrics
+from . import checkpoint, metrics, recipe
 from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (imported from here too)
 from .cache import TensorSegmentation
 from .errors import TrainingDiverged
@@ -221,8 +221,6 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     The float16 GradScaler's state is not saved, so resuming an fp16 GPU run is close to, not
     bit-identical with, an uninterrupted one.
     """
-    from . import recipe
-
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"eval_split must be one of {sorted(EVAL_SPLITS)}, got {eval_split!r}")
     if select not in ("last", "best"):
@@ -284,7 +282,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                "seconds": time.perf_counter() - t0}
         history.append(row)
         if select == "best" and row[f"{key}_iou"] > best.get("iou", -1.0):
-            best = {"epoch": epoch, "iou": row[f"{key}_iou"], "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}}
+            best = {"epoch": epoch, "iou": row[f"{key}_iou"], "model": {k: v.clone() for k, v in checkpoint.cpu_state(model).items()}}
         if out_dir is not None:
             extra = {"best": best} if select == "best" else {}
             if scheduler is not None:

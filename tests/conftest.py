@@ -37,3 +37,12 @@ def tiny_isic(tmp_path):
     for i in range(6, 10):
         write_pair(root, "test", i, size=(48, 36))
     return root
+
+
+@pytest.fixture
+def train_only(tmp_path):
+    """A folder with the ISIC training split only (10 images), like a clinic's own set."""
+    root = tmp_path / "clinic"
+    for i in range(10):
+        write_pair(root, "train", i, size=(40, 30))
+    return root

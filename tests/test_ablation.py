@@ -7,16 +7,6 @@ import pytest
 from helpers import ablation
 from helpers.errors import ProjectError
 
-from conftest import write_pair
-
-
-@pytest.fixture
-def folder(tmp_path):
-    root = tmp_path / "train-only"
-    for i in range(10):
-        write_pair(root, "train", i, size=(40, 30))
-    return root
-
 
 def test_variants_parse_from_presets_and_specs():
     assert ablation.parse_variant("full") == ("full", ablation.FULL)
@@ -27,9 +17,9 @@ def test_variants_parse_from_presets_and_specs():
         ablation.parse_variant("x=colour:red")
 
 
-def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(folder, tmp_path, capsys):
+def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys):
     out = tmp_path / "abl"
-    args = ["--data-dir", str(folder), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
+    args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
             "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine"]
     assert ablation.main(args) == 0

@@ -11,8 +11,6 @@ from helpers.errors import DataError, ProjectError
 from helpers.experiment import RunConfig
 from helpers.splits import holdout, split_record, write_split
 
-from conftest import write_pair
-
 IDS = [f"ISIC_{i:07d}" for i in range(50)]
 
 
@@ -54,15 +52,6 @@ def test_a_run_folder_keeps_one_split(tmp_path):
     with pytest.raises(ProjectError, match="another validation split"):
         write_split(tmp_path, split_record(*holdout(IDS, 0.2, 1), 0.2, 1))
     assert json.loads((tmp_path / "split.json").read_text())["validation_ids"] == record["validation_ids"]
-
-
-@pytest.fixture
-def train_only(tmp_path):
-    """A folder with the ISIC training split only (10 images), like a clinic's own set."""
-    root = tmp_path / "clinic"
-    for i in range(10):
-        write_pair(root, "train", i, size=(40, 30))
-    return root
 
 
 def cfg(tmp_path, root, **kw):
