@@ -24,7 +24,7 @@ OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL M3_IMAGE_SIZE M3_EPOCHS M3
 option = $(if $($(1)),--$(subst _,-,$(shell echo $(1) | tr A-Z a-z)) $($(1)))
 REPRODUCE_ARGS ?=
 
-.PHONY: all venv reproduce test test-fast test-long notebook-outputs data synthetic check lab clean
+.PHONY: all venv reproduce test test-fast test-long notebook-outputs data synthetic check lab screenshots clean
 all: reproduce
 
 $(STAMP): pyproject.toml
@@ -63,9 +63,14 @@ synthetic: $(STAMP)
 check: $(STAMP)
 	$(BIN)/python -m helpers.data check $(if $(ROOT),$(ROOT),data/isic2016)
 
+# JupyterLab on working copies of the notebooks in lab/ (git ignores them; notebooks/ stays as committed).
 # The notebooks' python3 kernel runs .venv's Python (jupyter_client starts "python" as the server's own).
 lab: $(STAMP)
-	$(BIN)/jupyter lab --notebook-dir=notebooks $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(BIN)/python -m helpers.lab $(if $(LAB_DIR),--work-dir $(LAB_DIR)) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf runs figures/*.png data/cache .pytest_cache
+
+# The two JupyterLab screenshots of docs/notebooks.md, taken by the browser test (needs Debian's chromium).
+screenshots: $(STAMP)
+	SCREENSHOTS_DIR=$(CURDIR)/docs/img $(BIN)/python -m pytest tests/test_browser.py -q

@@ -27,6 +27,7 @@ from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint
 from .model import SegmentationModel, build_model, parameter_counts
+from .plots import live_loss_curve
 from .train import evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
@@ -327,9 +328,13 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
         raise DataError(f"{d.root}: choosing the best epoch needs a validation split, and this run has none: set "
                         "VAL_FRACTION (e.g. 0.2) or choose the last epoch (M3_SELECT='last')")
     per_epoch, per_epoch_name = (d.val, "validation") if recipe["select"] == "best" else (d.scored, d.scored_name)
+    label = f"{MODEL_LABELS.get(name, name)}, seed {seed}"
+    live = live_loss_curve(label, d.label, f"{label}: loss per epoch (live)",
+                           OBJECTIVES.get(recipe["loss"])) if cfg.progress else None
     history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=cfg.lr,
                   seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
-                  select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"])
+                  select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"],
+                  label=label, on_epoch=live)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.scored, cfg.batch_size, False, None, dev), dev, keep_probs=True)
     rows = metrics.per_image_rows(ev["ids"], d.scored.sizes, ev["counts"])
@@ -401,6 +406,7 @@ def seed_table(runs: list[dict]) -> pd.DataFrame:
     return pd.DataFrame(table)
 
 
+MODEL_LABELS = {"model1_frozen": "Model 1", "model2_finetuned": "Model 2", "model3_unet": "Model 3"}
 OBJECTIVES = {"bce_dice": "BCE + soft Dice"}  # training losses other than the report's BCE, as figures name them
 
 

@@ -15,8 +15,22 @@ import torch
 from matplotlib.figure import Figure
 
 from .io import atomic_path
+from .progress import live_notebook
 
 DPI = 110
+
+
+class ReportFigure(Figure):
+    """A matplotlib Figure whose text form is its title.
+
+    A notebook shows a figure as its PNG image (matplotlib's inline support, ``%matplotlib inline``);
+    the text form is what it shows where it cannot show the image (a terminal, a text diff), and it
+    says which figure this is instead of matplotlib's ``<Figure size 700x420 with 1 Axes>``.
+    """
+
+    def __repr__(self) -> str:
+        title = self.get_suptitle() or next((ax.get_title() for ax in self.axes if ax.get_title()), "untitled")
+        return f"[figure: {' '.join(title.split())}]"
 
 
 def provenance(data_source: str, encoder_weights: str | None = None) -> str:
@@ -55,7 +69,7 @@ def intensity_histograms(images: torch.Tensor, masks: torch.Tensor, note: str, b
     them (solid), each normalised to unit area, so that the two can be told apart even where one
     outnumbers the other. Right: how much of each image the lesion covers.
     """
-    fig = Figure(figsize=(11, 3.8))
+    fig = ReportFigure(figsize=(11, 3.8))
     ax_img, ax_area = fig.subplots(1, 2)
     lesion = masks[:, 0].bool()
     for c, colour in enumerate(("red", "green", "blue")):
@@ -77,7 +91,7 @@ def intensity_histograms(images: torch.Tensor, masks: torch.Tensor, note: str, b
 def sample_grid(images: torch.Tensor, masks: torch.Tensor, ids: Sequence[str], note: str) -> Figure:
     """Report Figure 2: each sample image above its mask. images N x 3 x H x W, masks N x 1 x H x W."""
     n = len(images)
-    fig = Figure(figsize=(2.2 * n, 4.8))
+    fig = ReportFigure(figsize=(2.2 * n, 4.8))
     axes = fig.subplots(2, n, squeeze=False)
     for i in range(n):
         axes[0, i].imshow(_np_image(images[i]))
@@ -96,7 +110,7 @@ def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Train
     The scored split's loss is always the BCE with logits; ``objectives`` names, per model, a
     training loss that is not (e.g. "BCE + soft Dice"), which its training curve then says.
     """
-    fig = Figure(figsize=(7, 4.2))
+    fig = ReportFigure(figsize=(7, 4.2))
     ax = fig.subplots()
     for i, (name, history) in enumerate(histories.items()):
         epochs = [row["epoch"] for row in history]
@@ -112,6 +126,26 @@ def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Train
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     return _finish(fig, "", note)
+
+
+def live_loss_curve(label: str, note: str, title: str, objective: str | None = None):
+    """In a notebook a person watches (:func:`helpers.progress.live_notebook`), a function of a
+    training's history that draws its loss curve in the running cell and redraws it in place after
+    every epoch; None elsewhere, so headless runs hold only the saved figures."""
+    if not live_notebook():
+        return None
+    from IPython.display import display
+
+    handle = None
+
+    def redraw(history: list[dict]) -> None:
+        nonlocal handle
+        fig = loss_curves({label: history}, note, title, {label: objective} if objective else None)
+        if handle is None:
+            handle = display(fig, display_id=True)
+        else:
+            handle.update(fig)
+    return redraw
 
 
 TRUE_COLOUR, PRED_COLOUR = "#00e000", "#ff00ff"  # outlines: green truth, magenta prediction
@@ -131,7 +165,7 @@ def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, 
     """Report Figures 4/5/7/8: rows of image, true mask, predicted mask with the image's IoU (the
     report's columns), and a fourth column with both outlines over the image."""
     n = len(images)
-    fig = Figure(figsize=(10, 2.5 * n))
+    fig = ReportFigure(figsize=(10, 2.5 * n))
     axes = fig.subplots(n, 4, squeeze=False)
     for i in range(n):
         axes[i, 0].imshow(_np_image(images[i]))
@@ -150,7 +184,7 @@ def predictions(images: torch.Tensor, masks: torch.Tensor, preds: torch.Tensor, 
 
 def iou_scatter(iou_a: Sequence[float], iou_b: Sequence[float], label_a: str, label_b: str, note: str) -> Figure:
     """Per-image IoU of model A (x) against model B (y), with the diagonal."""
-    fig = Figure(figsize=(5.2, 5.2))
+    fig = ReportFigure(figsize=(5.2, 5.2))
     ax = fig.subplots()
     a, b = np.asarray(iou_a), np.asarray(iou_b)
     ax.scatter(a, b, s=14, alpha=0.7)

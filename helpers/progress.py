@@ -1,16 +1,19 @@
-"""Progress output that fits where it goes: a tqdm bar on a terminal, a few plain lines elsewhere.
+"""Progress output that fits where it goes: a live bar where someone watches, a few plain lines elsewhere.
 
     for item in progress_bar(items, desc="check train", enabled=show):   # wrap an iterable
         ...
     with progress_bar(total=n_bytes, desc="archive", unit="B", unit_scale=True) as bar:
         bar.update(len(block))                                       # or count by hand
 
-On a terminal (``stream.isatty()``) this is a tqdm bar written to ``stream``. Anywhere else (a
-pipe, a log file, a notebook) it writes plain lines, never a carriage return: one when the work
+On a terminal (``stream.isatty()``) this is a tqdm bar written to ``stream``. In a notebook that a
+person runs in JupyterLab, Notebook or VS Code (:func:`live_notebook`) it is tqdm's widget bar.
+Anywhere else (a pipe, a log file, a notebook run headless by papermill, nbconvert or nbval) it
+writes plain lines, never a carriage return: one when the work
 starts, one each time another 10% of ``total`` is done but no sooner than ``interval`` seconds after
 the previous line (so quick work gives no line between the first and the last, and long work at
 most nine; with no ``total``, one every ``interval`` seconds), and one summary line at the end.
-``enabled=False`` writes nothing.
+``enabled=False`` writes nothing; ``plain=False`` writes nothing where no live bar can be drawn
+(for a bar whose plain lines would repeat what the caller already logs).
 """
 
 from __future__ import annotations
@@ -28,19 +31,48 @@ STEP = 0.1  # fraction of the total done between two plain progress lines
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
              enabled: bool = True, unit_scale: bool = False, initial: int = 0, leave: bool = False,
              stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,
-             interval: float = INTERVAL):
-    """A progress reporter over ``iterable`` (or counted by ``update(n)``), used as tqdm is.
+             interval: float = INTERVAL, plain: bool = True):
+    """A progress reporter over ``iterable`` (or counted by ``update(n)``), used as tqdm is
+    (``set_postfix`` included: a live bar shows it, plain lines do not).
 
     ``total`` defaults to ``len(iterable)``; ``unit_scale`` shows counts as 1.2 MB (divisor 1024);
     ``stream`` defaults to sys.stderr; ``clock`` (seconds) and ``interval`` pace the plain lines;
-    ``leave`` keeps the finished bar on a terminal.
+    ``leave`` keeps the finished bar on a terminal or in the notebook; ``plain=False``: silent
+    unless a live bar can be drawn.
     """
     stream = sys.stderr if stream is None else stream
-    if not enabled or not _isatty(stream):
-        return PlainProgress(iterable, total=total, desc=desc, unit=unit, enabled=enabled, unit_scale=unit_scale,
-                             initial=initial, stream=stream, clock=clock, interval=interval)
-    return tqdm(iterable, total=total, desc=desc, unit=unit, unit_scale=unit_scale, unit_divisor=1024,
-                initial=initial, leave=leave, file=stream)
+    kwargs = dict(total=total, desc=desc, unit=unit, unit_scale=unit_scale, initial=initial)
+    if enabled and _isatty(stream):
+        return tqdm(iterable, unit_divisor=1024, leave=leave, file=stream, **kwargs)
+    if enabled and stream in (sys.stderr, sys.stdout) and live_notebook():
+        from tqdm.notebook import tqdm as widget_bar
+
+        return widget_bar(iterable, unit_divisor=1024, leave=leave, **kwargs)
+    return PlainProgress(iterable, enabled=enabled and plain, stream=stream, clock=clock, interval=interval, **kwargs)
+
+
+def live_notebook() -> bool:
+    """True when this code runs in a Jupyter kernel for a frontend where a person watches it, so a
+    widget renders and can be redrawn in place.
+
+    That is an IPython kernel (the test tqdm.auto makes), with ipywidgets installed, whose current
+    execute request says its frontend can answer an input prompt (the messaging protocol's
+    ``allow_stdin``): JupyterLab, Notebook and VS Code say so; papermill, nbconvert and nbval, which
+    run notebooks headless and save what they print, do not.
+    """
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return False
+    shell = get_ipython()
+    if shell is None or "IPKernelApp" not in shell.config:
+        return False
+    try:
+        request = shell.kernel.get_parent()
+        import ipywidgets  # noqa: F401  (tqdm's widget bar needs it)
+    except (AttributeError, ImportError):
+        return False
+    return bool((request or {}).get("content", {}).get("allow_stdin", False))
 
 
 def _isatty(stream) -> bool:
@@ -90,6 +122,9 @@ class PlainProgress:
             return
         self._write(f"{line}, {now - self.start:.0f} s")
         self.last_time, self.last_n = now, self.n
+
+    def set_postfix(self, *args, **kwargs) -> None:
+        """Accepted for tqdm's sake; plain lines carry no postfix."""
 
     def close(self) -> None:
         """Write the summary line (once)."""

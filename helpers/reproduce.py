@@ -57,19 +57,32 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "M3_SELECT": cfg.m3_select}
 
 
+# The kernel's channels are encrypted (CurveZMQ keys made by jupyter_client for each kernel whose
+# kernelspec declares support, as ipykernel's does), so the kernel has no plain-TCP warning to give.
+KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
+
+
 def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3", stream=None) -> float:
-    """Execute one notebook with papermill, passing it those of ``parameters`` that its parameters cell
-    declares; return its wall time. Raises NotebookFailed."""
+    """Execute one notebook with papermill, passing it exactly the parameters its parameters cell
+    declares (each must be in ``parameters``); return its wall time. Raises NotebookFailed.
+
+    stream: a text file that receives what the notebook prints (stdout and stderr) as it runs."""
     import papermill as pm
     from papermill.exceptions import PapermillExecutionError
+    from traitlets.config import Config
 
     declared = pm.inspect_notebook(str(source))
+    missing = sorted(set(declared) - set(parameters))
+    if missing:
+        raise ProjectError(f"{source}: the parameters cell declares {', '.join(missing)}, which the headless run "
+                           "does not set (helpers.reproduce.notebook_parameters)")
     parameters = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
-                            progress_bar=False, cwd=str(source.parent), stdout_file=stream)
+                            progress_bar=False, cwd=str(source.parent), stdout_file=stream, stderr_file=stream,
+                            config=Config(KERNEL_CONFIG))
     except PapermillExecutionError as exc:
         raise NotebookFailed(f"{source.name} failed in cell {exc.cell_index} (In [{exc.exec_count}]): "
                              f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} - the partial "
@@ -115,6 +128,11 @@ def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
             "figures": [str(cfg.figure(f)) for f in FIGURES]}
 
 
+def output_log(run: Path) -> Path:
+    """Where a headless run keeps what its notebooks printed."""
+    return run / "notebooks" / "output.log"
+
+
 def set_aside(run: Path, log=print) -> Path | None:
     """Move an earlier run folder to ``<name>.replaced-<date>-<time>`` beside it; return where."""
     if not run.exists():
@@ -129,11 +147,11 @@ def set_aside(run: Path, log=print) -> Path | None:
 
 
 def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=print,
-              notebooks_dir: Path = paths.NOTEBOOKS, stream=None) -> dict:
+              notebooks_dir: Path = paths.NOTEBOOKS) -> dict:
     """Run the notebooks for ``cfg`` and write results.json and report.html under its run folder.
 
-    stream: a text file (e.g. sys.stdout) that receives the notebooks' printed output as they run,
-    so a long training shows its per-epoch summary lines; None keeps them in the notebooks only.
+    ``log`` gets the data and weights decisions and one line per notebook; what the notebooks print
+    as they run (a training's per-epoch lines among it) goes to ``<run>/notebooks/output.log``.
     """
     run = cfg.run_path
     try:
@@ -155,12 +173,14 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
-    for name in NOTEBOOKS:
-        log(f"running {name} ...")
-        out = run / "notebooks" / name
-        timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters, stream=stream), 1)
-        executed.append(out)
-        log(f"  {name} done in {timings[name]:.0f} s")
+    (run / "notebooks").mkdir(parents=True, exist_ok=True)
+    with open(output_log(run), "a", encoding="utf-8") as stream:  # appended to: a resumed run keeps the earlier lines
+        for name in NOTEBOOKS:
+            out = run / "notebooks" / name
+            stream.write(f"==> {name}\n")
+            timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters, stream=stream), 1)
+            executed.append(out)
+            log(f"{name}: done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, decision)
     if html:
         export_html(executed, run / "report.html", f"ISIC 2016 segmentation reproduction - {run.name}")
@@ -226,7 +246,7 @@ def main(argv: list[str] | None = None) -> int:
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
     start = time.perf_counter()
     try:
-        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html, stream=sys.stdout)
+        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1
@@ -238,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     scores = ", ".join(f"model {i} Dice {results['models'][m]['macro']['dice']['mean']:.3f} Jaccard(orig.) "
                        f"{results['models'][m]['original']['jaccard']['mean']:.3f}" for i, m in enumerate(MODELS, 1))
     print(f"reproduce: {results['data_source']}, weights {results['encoder_weights_used']}, "
-          f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} in {time.perf_counter() - start:.0f} s")
+          f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} (the notebooks' output in "
+          f"{output_log(cfg.run_path).relative_to(cfg.run_path)}) in {time.perf_counter() - start:.0f} s")
     return 0
 
 

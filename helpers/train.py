@@ -128,7 +128,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
         scaler = torch.amp.GradScaler(device.type)
     loss_fn = loss_fn or nn.BCEWithLogitsLoss()
     losses, sizes = [], []
-    for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress):
+    # a live bar only: fit logs one line per epoch, where plain batch lines would repeat it
+    for batch in progress_bar(loader, desc=desc, unit="batch", enabled=progress, plain=False):
         x = batch["image"].to(device, non_blocking=True, memory_format=memory_format)
         y = batch["mask"].to(device, non_blocking=True)
         if augment is not None:
@@ -192,7 +193,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
-        augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1) -> list[dict]:
+        augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
+        on_epoch=None) -> list[dict]:
     """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
     The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
@@ -218,6 +220,9 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     retrained. Other saved settings raise RunStateError; ``overwrite=True`` retrains. A NaN or
     infinite training loss raises TrainingDiverged, leaving last.pt of the last good epoch.
     amp, channels_last: see :func:`train_one_epoch` (amp on for CUDA; channels_last on CUDA and CPU).
+    Where a live bar can be drawn (:func:`helpers.progress.progress_bar`), ``progress`` shows one over
+    the epochs, named ``label``, with the latest training loss and scored-split Dice; ``on_epoch``, if
+    given, is called with the history after every epoch (a notebook redraws its loss curve with it).
     The float16 GradScaler's state is not saved, so resuming an fp16 GPU run is close to, not
     bit-identical with, an uninterrupted one.
     """
@@ -264,6 +269,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         best = extra.get("best", {})
     augment_fn = None if aug_kwargs is None else partial(recipe.augment_batch, generator=aug_generator, **aug_kwargs)
     start = time.perf_counter()
+    bar = progress_bar(total=epochs, initial=len(history), desc=label, unit="epoch", enabled=progress, leave=True,
+                       plain=False)
     for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.perf_counter()
         try:
@@ -290,9 +297,14 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
             if aug_generator is not None:
                 extra["augment_rng"] = aug_generator.get_state()
             checkpoint.save_state(out_dir, model, optimizer, history, settings, generator, extra)
+        bar.set_postfix({"train loss": f"{train_loss:.4f}", f"{eval_split} Dice": f"{row[f'{key}_dice']:.3f}"})
+        bar.update()
+        if on_epoch is not None:
+            on_epoch(history)
         if log:
             log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  {eval_split} loss {ev['loss']:.4f}  "
                 f"IoU {row[f'{key}_iou']:.3f}  Dice {row[f'{key}_dice']:.3f}  ({row['seconds']:.1f} s)")
+    bar.close()
     selected = history[-1]["epoch"]
     if select == "best" and best:
         model.load_state_dict(best["model"])

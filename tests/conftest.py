@@ -1,4 +1,7 @@
 import os
+import subprocess
+import sys
+from types import SimpleNamespace
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 
@@ -46,3 +49,26 @@ def train_only(tmp_path):
     for i in range(10):
         write_pair(root, "train", i, size=(40, 30))
     return root
+
+
+def main_args(tmp_path, *extra):
+    """`python -m helpers.reproduce` options for the tiny setting (nbtiny.tiny_parameters) under ``tmp_path``."""
+    from nbtiny import tiny_parameters
+
+    p = tiny_parameters(tmp_path)
+    return ["--data", "synthetic", "--data-dir", p["DATA_DIR"], "--synthetic-train", "16", "--synthetic-test", "8",
+            "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
+            "--encoder-weights", "none", "--runs-dir", str(tmp_path / "runs"), "--figures-dir", p["FIGURES_DIR"],
+            "--cache-dir", p["CACHE_DIR"], *extra]
+
+
+@pytest.fixture(scope="session")
+def headless_run(tmp_path_factory):
+    """One tiny `python -m helpers.reproduce` (2 seeds, TTA) as a user runs it, in its own process: its
+    folder ``root``, run folder ``run`` and what it printed (``out``, ``err``), for the tests that read it."""
+    root = tmp_path_factory.mktemp("headless")
+    args = main_args(root, "--name", "t", "--seeds", "2", "--tta")
+    proc = subprocess.run([sys.executable, "-m", "helpers.reproduce", *args], capture_output=True, text=True,
+                          timeout=900, env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args)

@@ -1,9 +1,12 @@
 """nbval over the five notebooks, the notebooks one by one in numbered order, and the headless pipeline, all on the tiny setting."""
 
+import base64
 import csv
+import io
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 import time
@@ -17,6 +20,7 @@ from helpers import reproduce
 from helpers.errors import ProjectError
 from helpers.experiment import RunConfig
 
+from conftest import main_args
 from nbtiny import NOTEBOOKS, ROOT, is_checked, parameterized_copies, tiny_parameters
 
 
@@ -47,19 +51,46 @@ def test_nbval_runs_all_five_notebooks(tmp_path):
 
 
 def _main_args(tmp_path, *extra):
-    p = tiny_parameters(tmp_path)
-    return ["--data", "synthetic", "--data-dir", p["DATA_DIR"], "--synthetic-train", "16", "--synthetic-test", "8",
-            "--image-size", "64", "--epochs", "1", "--batch-size", "8", "--device", "cpu",
-            "--encoder-weights", "none", "--runs-dir", str(tmp_path / "runs"), "--figures-dir", p["FIGURES_DIR"],
-            "--cache-dir", p["CACHE_DIR"], *extra]
+    return main_args(tmp_path, *extra)
 
 
-def test_headless_pipeline_writes_every_output(tmp_path, capsys):
-    assert reproduce.main(_main_args(tmp_path, "--name", "t", "--seeds", "2", "--tta")) == 0
-    out = capsys.readouterr().out
+def figure_names(path) -> set[str]:
+    """The figure files a notebook saves (fig01_... .png), from its source."""
+    return set(re.findall(r"fig\d\d_\w+\.png", path.read_text()))
+
+
+def test_headless_pipeline_writes_every_output(headless_run, capsys):
+    tmp_path, out, err = headless_run.root, headless_run.out, headless_run.err
     assert "wall time per notebook" in out and "SYNTHETIC" in out and "2 seed(s)" in out
-    assert "epoch  1/1  train loss" in out  # the notebooks' progress lines reach the console
+    # the decisions, one line per notebook and the summary: no kernel warning, no third-party noise
+    assert err == "", err
+    lines = out.splitlines()
+    assert [line.split(":")[0] for line in lines if ".ipynb: done in" in line] == list(reproduce.NOTEBOOKS)
+    assert len(lines) == len(reproduce.NOTEBOOKS) + 4, out  # + synthetic set, data decision, 2 summary lines
     run = tmp_path / "runs" / "t"
+    log = reproduce.output_log(run).read_text()
+    assert "epoch  1/1  train loss" in log and "==> 05_comparison.ipynb" in log  # what the notebooks printed
+
+    # every figure is an image in the executed notebooks, and in report.html
+    assert sum(len(figure_names(p)) for p in NOTEBOOKS) == len(reproduce.FIGURES)
+    for path in NOTEBOOKS:
+        executed = run / "notebooks" / path.name
+        nb = nbformat.read(executed, as_version=4)
+        pngs = [o["data"]["image/png"] for c in nb.cells if c.cell_type == "code" for o in c.outputs
+                if "image/png" in o.get("data", {})]
+        assert len(pngs) == len(figure_names(path)), path.name
+        for data in pngs:
+            with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+                assert img.format == "PNG" and img.width > 100 and img.height > 100
+        assert "<Figure size" not in executed.read_text()
+    html = (run / "report.html").read_text()
+    embedded = re.findall(r'<img [^>]*src="data:image/png;base64,([^"]+)"', html)
+    assert len(embedded) == len(reproduce.FIGURES)
+    for data in embedded:
+        with Image.open(io.BytesIO(base64.b64decode(data))) as img:
+            img.load()
+            assert img.width > 100 and img.height > 100
+    assert "<Figure size" not in html
     for name in reproduce.FIGURES:
         with Image.open(tmp_path / "figures" / name) as img:
             img.verify()
@@ -94,8 +125,7 @@ def test_headless_pipeline_writes_every_output(tmp_path, capsys):
     for name in reproduce.NOTEBOOKS:
         executed = nbformat.read(run / "notebooks" / name, as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
-    html = (run / "report.html").read_text()
-    assert "Model 3 (U-Net decoder)" in html and "data:image/png;base64" in html and "Gutman" in html
+    assert "Model 3 (U-Net decoder)" in html and "Gutman" in html
 
     # a finished run is never overwritten without --overwrite
     assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 1
@@ -323,6 +353,32 @@ def test_the_notebooks_defaults_are_the_run_configs():
             if name in ("RUN_DIR", "FIGURES_DIR"):  # the notebooks write to runs/interactive, make to runs/<NAME>
                 continue
             assert ast.literal_eval(spec["default"]) == defaults[name], f"{path.name}: {name}"
-        assert {"DATA", "VAL_FRACTION", "SPLIT_SEED", "SEED", "ENCODER_WEIGHTS"} <= set(declared)
+        if path.name != "05_comparison.ipynb":
+            assert {"DATA", "VAL_FRACTION", "SPLIT_SEED"} <= set(declared)
     assert {k for k in pm.inspect_notebook(str(NOTEBOOKS[3])) if k.startswith("M3_")} == {
         k for k in defaults if k.startswith("M3_")}
+
+
+def test_each_parameters_cell_holds_what_its_notebook_uses_and_the_headless_run_sets_it():
+    import papermill as pm
+
+    passed = reproduce.notebook_parameters(RunConfig())
+    for path in NOTEBOOKS:
+        nb = nbformat.read(path, as_version=4)
+        declared = pm.inspect_notebook(str(path))
+        rest = "\n".join(c.source for c in nb.cells[2:] if c.cell_type == "code")
+        for name, spec in declared.items():
+            assert re.search(rf"\b{name}\b", rest), f"{path.name}: {name} is declared but never used"
+            assert spec["help"], f"{path.name}: {name} has no comment"
+        assert set(declared) <= set(passed), f"{path.name}: the headless run does not set {set(declared) - set(passed)}"
+    assert set(pm.inspect_notebook(str(NOTEBOOKS[4]))) == {"RUN_DIR", "FIGURES_DIR"}  # the comparison trains nothing
+    assert "EPOCHS" not in pm.inspect_notebook(str(NOTEBOOKS[0]))
+
+
+def test_a_parameter_the_headless_run_does_not_set_is_refused(tmp_path):
+    nb = nbformat.read(NOTEBOOKS[4], as_version=4)
+    nb.cells[1].source += "\nNEW_KNOB = 3          # a parameter nobody passes"
+    nbformat.write(nb, tmp_path / "05.ipynb")
+    with pytest.raises(ProjectError, match=r"05.ipynb: the parameters cell declares NEW_KNOB"):
+        reproduce.run_notebook(tmp_path / "05.ipynb", tmp_path / "out.ipynb", {"RUN_DIR": "r", "FIGURES_DIR": "f"})
+    assert not (tmp_path / "out.ipynb").exists()

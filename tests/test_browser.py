@@ -1,0 +1,252 @@
+"""The notebooks as a person meets them: a real Chromium, driven by Playwright, against JupyterLab
+started the way `make lab` starts it, and against the executed notebooks and report.html of a headless run.
+
+Needs Debian's `chromium` (`.ci/run` installs it); without it the test is skipped in one line.
+`make screenshots` reruns it and writes the two screenshots that docs/notebooks.md shows.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import nbformat
+import pytest
+from PIL import Image
+
+from helpers import reproduce
+
+from nbtiny import ROOT, tiny_parameters
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's chromium package "
+                                                         "(apt-get install chromium) to run the browser test")
+FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+         "--disable-component-update", "--disable-sync"]
+FIGURES = {"01_data_exploration.ipynb": 2, "02_model1_frozen_encoder.ipynb": 3, "03_model2_finetuned.ipynb": 3,
+           "04_model3_unet_decoder.ipynb": 3, "05_comparison.ipynb": 3}
+TRAINING = {"02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb", "04_model3_unet_decoder.ipynb"}
+NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show (others opened before stay in hidden tabs)
+SHOTS = {"03_model2_finetuned.ipynb": "lab_model2_training.png", "05_comparison.ipynb": "lab_comparison.png"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _api(base, token, path):
+    req = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        return json.loads(r.read())
+
+
+def _edited(cell_source: str, values: dict) -> str:
+    """The parameters cell with the values of ``values`` written over its own."""
+    lines = []
+    for line in cell_source.splitlines():
+        name = line.split("=")[0].strip()
+        lines.append(f"{name} = {values[name]!r}  # the browser test's tiny setting" if name in values else line)
+    return "\n".join(lines)
+
+
+@pytest.fixture(scope="module")
+def work(headless_run):
+    """The lab's working folder: the folder of the headless run, so the lab can open its notebooks."""
+    return headless_run.root
+
+
+@pytest.fixture(scope="module")
+def lab(work):
+    """`python -m helpers.lab` (what `make lab` runs) on 127.0.0.1 with a token, in ``work``."""
+    port, token = _free_port(), secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "jupyter-runtime"),
+           "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"), "JUPYTER_DATA_DIR": str(work / "jupyter-data")}
+    env.pop("MPLBACKEND", None)  # as in a person's shell: the kernel chooses its own backend
+    news = work / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    news.mkdir(parents=True)
+    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news prompt over the page
+    log = open(work / "lab.log", "w")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "helpers.lab", "--work-dir", str(work), "--no-browser",
+         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
+         "--ServerApp.port_retries=0"] + (["--allow-root"] if os.geteuid() == 0 else []),
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                _api(base, token, "/api/status")
+                break
+            except OSError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    pytest.fail("JupyterLab did not start: " + (work / "lab.log").read_text()[-3000:])
+                time.sleep(0.5)
+        yield base, token
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser():
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, args=FLAGS, headless=True)
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def _rendered_images(page, scope: str) -> list[tuple[int, int]]:
+    """(naturalWidth, naturalHeight) of every image under ``scope``, once each has loaded."""
+    page.wait_for_function(f"[...document.querySelectorAll({scope!r})].every(i => i.complete)")
+    return page.eval_on_selector_all(scope, "els => els.map(i => [i.naturalWidth, i.naturalHeight])")
+
+
+def _wait_for_run(page, timeout: float, shot: str, watch=None) -> None:
+    """Until the notebook's kernel has been busy and is idle again with no cell waiting to run;
+    ``watch(page)`` is called every few tenths of a second meanwhile; a screenshot at ``shot`` if not."""
+    indicator = f"{NB} .jp-Notebook-ExecutionIndicator"
+    deadline, busy_seen = time.monotonic() + timeout, False
+    while time.monotonic() < deadline:
+        if watch:
+            watch(page)
+        status = page.get_attribute(indicator, "data-status")
+        prompts = page.eval_on_selector_all(f"{NB} .jp-CodeCell .jp-InputPrompt", "els => els.map(e => e.textContent)")
+        waiting = any("*" in p for p in prompts)
+        busy_seen |= status == "busy" or waiting
+        if busy_seen and status == "idle" and not waiting:
+            return
+        page.wait_for_timeout(250)
+    page.screenshot(path=shot)
+    raise AssertionError(f"the notebook still runs after {timeout} s: see {shot}")
+
+
+def _open_notebook(page, base, token, path):
+    """Open ``path``: the first by its URL, the others from the file browser, as a person would."""
+    if "/lab" not in page.url:
+        page.goto(f"{base}/lab/tree/{path}?token={token}")
+    else:
+        folder, _, name = path.rpartition("/")
+        page.goto(f"{base}/lab/tree/{folder}?token={token}") if folder else None
+        page.dblclick(f'.jp-DirListing-item[title^="Name: {name}"]')
+    page.wait_for_selector(f"{NB} .jp-Notebook .jp-Cell", timeout=60_000)
+    try:  # JupyterLab may ask which kernel to start; take the one it proposes (the notebook's python3)
+        page.click('.jp-Dialog button:has-text("Select")', timeout=3_000)
+    except Exception:
+        pass
+    page.wait_for_selector(f'{NB} .jp-Notebook-ExecutionIndicator[data-status="idle"]', timeout=60_000)
+
+
+def _menu(page, top: str, item: str) -> None:
+    page.click(f'.lm-MenuBar-itemLabel:text-is("{top}")')
+    page.click(f'.lm-Menu-itemLabel:text-is("{item}")')
+
+
+def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, browser, work, headless_run):
+    headless_run = headless_run.run
+    base, token = lab
+    shots_dir = Path(os.environ.get("SCREENSHOTS_DIR") or work / "screenshots")
+    shots_dir.mkdir(parents=True, exist_ok=True)
+    tiny = tiny_parameters(work / "interactive")
+    tiny["PROGRESS"] = True
+    page = browser.new_page(viewport={"width": 1280, "height": 900})
+    for name in reproduce.NOTEBOOKS:
+        _open_notebook(page, base, token, name)
+        values = {**tiny, "EPOCHS": 4} if name == "03_model2_finetuned.ipynb" else tiny  # time to see it train
+        # edit the parameters cell as a person would: select its text and paste the new settings
+        editor = page.locator(f"{NB} .jp-Notebook .jp-Cell").nth(1).locator(".cm-content")
+        editor.click()
+        page.keyboard.press("Control+a")
+        page.keyboard.insert_text(_edited(nbformat.read(ROOT / "notebooks" / name, as_version=4).cells[1].source,
+                                          values))
+        page.keyboard.press("Escape")
+        seen = {"widget": False, "live_curve": False}
+
+        def watch(p, name=name, seen=seen):
+            if name not in TRAINING:
+                return
+            training_cell = p.locator(f"{NB} .jp-CodeCell", has_text="train_seeds(")
+            if training_cell.locator(".widget-progress, .widget-hprogress").count():
+                seen["widget"] = True
+            if training_cell.locator(".jp-OutputArea-output img").count():
+                seen["live_curve"] = True
+                # the docs' screenshot: halfway through the training, its curve and bar live
+                if name in SHOTS and not seen.get("shot") and "2/4 [" in training_cell.inner_text():
+                    training_cell.scroll_into_view_if_needed()
+                    p.screenshot(path=str(shots_dir / SHOTS[name]))
+                    seen["shot"] = True
+
+        _menu(page, "Run", "Run All Cells")
+        _wait_for_run(page, timeout=240, shot=str(work / f"timeout-{name}.png"), watch=watch)
+        if name in SHOTS and name in TRAINING and not seen.get("shot"):  # training too quick to catch halfway
+            page.locator(f"{NB} .jp-CodeCell", has_text="train_seeds(").scroll_into_view_if_needed()
+            page.screenshot(path=str(shots_dir / SHOTS[name]))
+        page.keyboard.press("Control+s")
+        page.wait_for_timeout(1000)
+
+        saved = _api(base, token, f"/api/contents/{name}")["content"]
+        outputs = [o for c in saved["cells"] if c["cell_type"] == "code" for o in c["outputs"]]
+        errors = [f"{o['ename']}: {o['evalue']}" for o in outputs if o["output_type"] == "error"]
+        assert not errors, f"{name}: {errors}"
+        assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code"), \
+            f"{name}: cells not run: {[c['execution_count'] for c in saved['cells'] if c['cell_type'] == 'code']}"
+        images = _rendered_images(page, f"{NB} .jp-OutputArea-output img")
+        live = 1 if name in TRAINING else 0  # the loss curve redrawn in place while training
+        assert len(images) == FIGURES[name] + live, f"{name}: {len(images)} images"
+        assert all(w > 0 and h > 0 for w, h in images), f"{name}: an image of zero size: {images}"
+        assert "<Figure size" not in page.inner_text(f"{NB} .jp-Notebook")
+        if name in TRAINING:
+            assert seen["widget"], f"{name}: no progress widget appeared while the model trained"
+            assert seen["live_curve"], f"{name}: no live loss curve appeared while the model trained"
+        if name == "05_comparison.ipynb":
+            tables = page.eval_on_selector_all(f"{NB} .jp-RenderedHTMLCommon table",
+                                               "ts => ts.map(t => t.querySelectorAll('tbody tr').length)")
+            assert len(tables) >= 4 and all(rows > 0 for rows in tables), tables
+            page.locator(f"{NB} .jp-MarkdownCell", has_text="Test metrics at the working resolution") \
+                .scroll_into_view_if_needed()
+            page.wait_for_timeout(1500)  # JupyterLab draws the cells that scroll into view
+            page.screenshot(path=str(shots_dir / SHOTS[name]))
+    for shot in SHOTS.values():
+        with Image.open(shots_dir / shot) as img:
+            assert img.width >= 1000 and img.height >= 600
+    if os.environ.get("SCREENSHOTS_DIR"):
+        _shrink(shots_dir)
+
+    # an executed notebook of the headless run (its run folder is inside the lab's folder), in the same JupyterLab
+    executed = headless_run / "notebooks" / "02_model1_frozen_encoder.ipynb"
+    _open_notebook(page, base, token, executed.relative_to(work).as_posix())
+    images = _rendered_images(page, f"{NB} .jp-OutputArea-output img")
+    assert len(images) == FIGURES[executed.name] and all(w > 0 and h > 0 for w, h in images), images
+
+    # report.html stands alone: opened from disk, its 14 figures render
+    page.goto((headless_run / "report.html").as_uri())
+    images = _rendered_images(page, "img")
+    assert len(images) == len(reproduce.FIGURES) and all(w > 0 and h > 0 for w, h in images), images
+    assert "without encryption" not in (work / "lab.log").read_text()  # the lab's kernels too
+
+
+def _shrink(folder: Path) -> None:
+    """Make the docs' screenshots small: 1000 px wide, 256 colours."""
+    for shot in SHOTS.values():
+        with Image.open(folder / shot) as img:
+            small = img.convert("RGB").resize((1000, round(img.height * 1000 / img.width)), Image.LANCZOS)
+        small.quantize(colors=256, method=Image.Quantize.MEDIANCUT).save(folder / shot, optimize=True)
