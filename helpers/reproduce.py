@@ -25,9 +25,11 @@ from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import RunConfig, check_data, environment, resolve_source
+from .experiment import DATA_WARNINGS, RunConfig, check_data, environment, resolve_source, write_data_warnings
+from .images import DEFAULT_MAX_PIXELS
 from .io import write_json, write_text
 from .model import load_encoder_features
+from .runlock import hold_run_folder
 from .train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
@@ -54,7 +56,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select}
+            "M3_SELECT": cfg.m3_select, "MAX_PIXELS": cfg.max_pixels}
 
 
 def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3", stream=None) -> float:
@@ -140,11 +142,19 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         resolve_device(cfg.device)  # a missing GPU fails here, before any notebook runs
     except RuntimeError as exc:
         raise ProjectError(str(exc)) from None
+    if cfg.max_pixels != DEFAULT_MAX_PIXELS:  # the notebooks read the full-size images again to score them
+        import papermill as pm
+
+        lacking = [n for n in NOTEBOOKS if "MAX_PIXELS" not in pm.inspect_notebook(str(Path(notebooks_dir) / n))]
+        if lacking:
+            raise ProjectError(f"--max-pixels {cfg.max_pixels}: {lacking[0]} takes no MAX_PIXELS parameter, so the "
+                               f"notebooks would refuse images above the default {DEFAULT_MAX_PIXELS:,} pixels; keep "
+                               "the default, or resize the images (python -m helpers.data check names them)")
     if (run / "results.json").exists() and not overwrite:
         raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
     source, root, decision = resolve_source(cfg, log)  # downloads, or falls back to synthetic, or fails at once
     log(decision)
-    check_data(cfg, root, log)
+    found = check_data(cfg, root, log)
     if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
         log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
     if overwrite:
@@ -152,6 +162,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     elif run.exists():
         log(f"{run}: unfinished run found: finished trainings are reused, an interrupted one resumes after its "
             "last complete epoch (--overwrite starts afresh)")
+    n_warnings = write_data_warnings(run, found, log)
     cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
@@ -162,6 +173,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         executed.append(out)
         log(f"  {name} done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, decision)
+    results["data_warnings"] = n_warnings
     if html:
         export_html(executed, run / "report.html", f"ISIC 2016 segmentation reproduction - {run.name}")
     write_json(run / "results.json", results)
@@ -206,6 +218,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh: move runs/NAME aside to NAME.replaced-<date>-<time>, then run")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="refuse image files of more pixels than this (a guard against decompression bombs)")
     return p
 
 
@@ -223,10 +237,11 @@ def main(argv: list[str] | None = None) -> int:
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
-                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
+                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels)
     start = time.perf_counter()
     try:
-        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html, stream=sys.stdout)
+        with hold_run_folder(cfg.run_path):  # a second run on this folder stops here, naming the first
+            results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html, stream=sys.stdout)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1
@@ -239,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
                        f"{results['models'][m]['original']['jaccard']['mean']:.3f}" for i, m in enumerate(MODELS, 1))
     print(f"reproduce: {results['data_source']}, weights {results['encoder_weights_used']}, "
           f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} in {time.perf_counter() - start:.0f} s")
+    if results.get("data_warnings"):
+        print(f"reproduce: {results['data_warnings']} data warning(s); the ids are in {cfg.run_path / DATA_WARNINGS}")
     return 0
 
 
