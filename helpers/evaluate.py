@@ -42,7 +42,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
-from .folders import SOURCE_LABELS, list_split, load_sample, source_of
+from .folders import SOURCE_LABELS, check_mask_size, list_split, load_sample, source_of
 from .errors import DataError, ProjectError
 from .images import DEFAULT_MAX_PIXELS, read_mask
 from .io import atomic_path, write_csv, write_json
@@ -86,9 +86,7 @@ def _load(sample, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict
     truth = None
     if sample.mask is not None:
         truth = read_mask(sample.mask, max_pixels)[0]
-        if truth.shape != r["size"]:
-            raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
-                            f"{sample.image.name} is {r['size'][1]}x{r['size'][0]}")
+        check_mask_size(sample, truth.shape, r["size"], r["notes"])
     return {"image": torch.from_numpy(r["image"]).permute(2, 0, 1), "size": r["size"], "truth": truth}
 
 

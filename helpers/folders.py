@@ -110,6 +110,17 @@ def list_split(root: str | os.PathLike, split: str, require_masks: bool = True) 
     return [Sample(i, images[i], masks[i]) for i in sorted(images)]
 
 
+def check_mask_size(sample: Sample, mask_shape: tuple[int, int], image_shape: tuple[int, int], notes=()) -> None:
+    """DataError naming the mask when its (height, width) is not its image's; ``notes``, the image's
+    notes, tell when an EXIF orientation was not applied (a mask drawn on the turned image)."""
+    if tuple(mask_shape) != tuple(image_shape):
+        turned = any(n.startswith(f"{sample.image.name}: EXIF orientation") for n in notes)
+        raise DataError(f"{sample.mask}: mask is {mask_shape[1]}x{mask_shape[0]} but its image {sample.image.name} is "
+                        f"{image_shape[1]}x{image_shape[0]}" + ("; the image's EXIF orientation is not applied (the "
+                                                             "stored pixels are read): its mask must match them"
+                                                             if turned else ""))
+
+
 def load_sample(sample: Sample, image_size: int | None, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Decode one sample; resize to image_size x image_size unless it is None.
 
@@ -122,10 +133,8 @@ def load_sample(sample: Sample, image_size: int | None, max_pixels: int = DEFAUL
     if sample.mask is not None:
         mask, mask_notes, non_binary = read_mask(sample.mask, max_pixels)
         lesion = int(mask.sum())
+        check_mask_size(sample, mask.shape, (img.height, img.width), notes)
         notes += mask_notes
-        if mask.shape != (img.height, img.width):
-            raise DataError(f"{sample.mask}: mask is {mask.shape[1]}x{mask.shape[0]} but its image "
-                            f"{sample.image.name} is {img.width}x{img.height}")
     size = (img.height, img.width)
     if image_size is not None:
         img = img.resize((image_size, image_size), Image.BILINEAR)

@@ -203,3 +203,15 @@ def test_exif_orientation_is_not_applied_so_image_and_mask_stay_aligned(tiny_isi
                           "masks and its scorer use them)"]
     report = folders.check_dataset(tiny_isic, progress=False)
     assert not report["problems"] and any("EXIF orientation 6 not applied" in n for n in report["notes"])
+
+
+def test_a_mask_drawn_on_the_turned_image_is_refused_and_the_orientation_named(tmp_path):
+    image, mask = tmp_path / "ISIC_0000001.jpg", tmp_path / "ISIC_0000001_Segmentation.png"
+    exif = Image.Exif()
+    exif[ExifTags.Base.Orientation] = 6
+    Image.new("RGB", (48, 34), (200, 150, 130)).save(image, exif=exif)
+    Image.new("L", (34, 48), 255).save(mask)  # drawn on the image as displayed, turned upright
+    with pytest.raises(DataError) as err:
+        folders.load_sample(Sample("ISIC_0000001", image, mask), None)
+    assert str(err.value) == (f"{mask}: mask is 34x48 but its image ISIC_0000001.jpg is 48x34; the image's EXIF "
+                              "orientation is not applied (the stored pixels are read): its mask must match them")
