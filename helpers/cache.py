@@ -18,27 +18,31 @@ import torch
 from torch.utils.data import Dataset
 
 from .folders import DataWarning, Sample, _warn_fixes, list_split, load_sample
+from .images import DEFAULT_MAX_PIXELS, check_pixels
 from .io import atomic_path
 from .progress import progress_bar
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: the lesion pixels of each mask at the original size
 
 
 def decode_split(samples: list[Sample], image_size: int, workers: int | None = None,
-                 progress: bool = True, desc: str = "decode") -> dict[str, torch.Tensor | list]:
+                 progress: bool = True, desc: str = "decode",
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> dict[str, torch.Tensor | list]:
     """Decode and resize every sample (threads: PIL releases the GIL while decoding).
 
-    Returns ``images`` uint8 N x 3 x S x S, ``masks`` uint8 N x 1 x S x S (0/1), ``ids``, ``sizes``.
+    Returns ``images`` uint8 N x 3 x S x S, ``masks`` uint8 N x 1 x S x S (0/1), ``ids``, ``sizes``
+    (original height, width) and ``lesion`` (lesion pixels of each mask at the original size).
     """
     workers = workers or os.cpu_count() or 1
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        results = list(progress_bar(pool.map(lambda s: load_sample(s, image_size), samples), total=len(samples),
-                                    desc=desc, unit="img", enabled=progress))
+        results = list(progress_bar(pool.map(lambda s: load_sample(s, image_size, max_pixels), samples),
+                                    total=len(samples), desc=desc, unit="img", enabled=progress))
     _warn_fixes(str(samples[0].image.parent), results)
     images = torch.from_numpy(np.stack([r["image"] for r in results])).permute(0, 3, 1, 2).contiguous()
     out = {"images": images, "ids": [s.id for s in samples], "sizes": [r["size"] for r in results]}
     if samples[0].mask is not None:
         out["masks"] = torch.from_numpy(np.stack([r["mask"] for r in results]))[:, None].contiguous()
+        out["lesion"] = [r["lesion"] for r in results]
     return out
 
 
@@ -54,26 +58,31 @@ def cache_key(samples: list[Sample], image_size: int) -> str:
 
 
 def load_cached(root, split: str, image_size: int = 128, cache_dir=None, workers: int | None = None,
-                progress: bool = True) -> dict:
+                progress: bool = True, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """:func:`decode_split` of a split, through a tensor file in ``cache_dir`` when given.
 
     The cache file is keyed by :func:`cache_key`; a valid one is reused, a stale or unreadable one
-    is rebuilt (written atomically).
+    is rebuilt (written atomically: two processes building it at once each write a temporary file of
+    their own and rename it, so readers see a whole file or none). A reused cache still refuses an
+    image of more than ``max_pixels`` pixels, from the original sizes it holds.
     """
     samples = list_split(root, split)
     if cache_dir is None:
-        return decode_split(samples, image_size, workers, progress, desc=split)
+        return decode_split(samples, image_size, workers, progress, desc=split, max_pixels=max_pixels)
     key = cache_key(samples, image_size)
     path = Path(cache_dir) / f"{split}-{image_size}px-{key[:16]}.pt"
     if path.is_file():
         try:
             data = torch.load(path, weights_only=True)
-            if data.get("key") == key:
-                return data
+            valid = data.get("key") == key
         except Exception:  # a damaged cache is rebuilt, never trusted
-            pass
+            valid = False
+        if valid:
+            for sample, (height, width) in zip(samples, data["sizes"]):
+                check_pixels(sample.image, (width, height), max_pixels)
+            return data
         warnings.warn(f"{path}: stale or damaged cache, rebuilding", DataWarning, stacklevel=2)
-    data = decode_split(samples, image_size, workers, progress, desc=f"cache {split}")
+    data = decode_split(samples, image_size, workers, progress, desc=f"cache {split}", max_pixels=max_pixels)
     data["key"] = key
     with atomic_path(path) as tmp:
         torch.save(data, tmp)
@@ -113,14 +122,14 @@ class TensorSegmentation(Dataset):
 class FileSegmentation(Dataset):
     """Opens, decodes and resizes the original files on every access (the report's approach)."""
 
-    def __init__(self, root, split: str, image_size: int = 128):
-        self.samples, self.image_size = list_split(root, split), image_size
+    def __init__(self, root, split: str, image_size: int = 128, max_pixels: int = DEFAULT_MAX_PIXELS):
+        self.samples, self.image_size, self.max_pixels = list_split(root, split), image_size, max_pixels
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, i: int) -> dict:
-        r = load_sample(self.samples[i], self.image_size)
+        r = load_sample(self.samples[i], self.image_size, self.max_pixels)
         item = {"image": torch.from_numpy(r["image"]).permute(2, 0, 1).float().div_(255),
                 "id": self.samples[i].id, "size": torch.tensor(r["size"])}
         if r["mask"] is not None:
@@ -128,6 +137,7 @@ class FileSegmentation(Dataset):
         return item
 
 
-def load_dataset(root, split: str, image_size: int = 128, cache_dir=None, progress: bool = True) -> TensorSegmentation:
+def load_dataset(root, split: str, image_size: int = 128, cache_dir=None, progress: bool = True,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> TensorSegmentation:
     """The split as an in-memory Dataset (decoded once; cached on disk when cache_dir is given)."""
-    return TensorSegmentation(load_cached(root, split, image_size, cache_dir, progress=progress))
+    return TensorSegmentation(load_cached(root, split, image_size, cache_dir, progress=progress, max_pixels=max_pixels))

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .folders import check_dataset, format_check
+from .folders import WORKING_SIZE, check_dataset, format_check
+from .images import DEFAULT_MAX_PIXELS
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -36,8 +37,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m helpers.data check")
     parser.add_argument("root", type=Path)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse files of more pixels than this, before decoding them "
+                             f"(default {DEFAULT_MAX_PIXELS:,}: a guard against decompression bombs)")
+    parser.add_argument("--image-size", type=int, default=WORKING_SIZE,
+                        help="the working size: images with a side below half of it are named in a warning")
     args = parser.parse_args(rest)
-    report = check_dataset(args.root, progress=not args.quiet)
+    report = check_dataset(args.root, progress=not args.quiet, max_pixels=args.max_pixels, image_size=args.image_size)
     print(format_check(report))
     if report["problems"]:
         first = " ".join(report["problems"][0].split())

@@ -3,12 +3,13 @@
     python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT [--split test] --out DIR [options]
     python -m helpers.evaluate --checkpoint CKPT --images DIR [--masks DIR [--mask-suffix _Segmentation]]
                                --out DIR [options]
-    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--quiet]
+    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--max-pixels N] [--quiet]
 
 ``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
 (or one), pairing ``stem.ext`` with ``<stem><suffix>.ext`` (:mod:`helpers.pairing`), e.g. PH2's
 ``IMD002.bmp`` with ``IMD002_lesion.bmp`` (``--mask-suffix _lesion``). Masks may be 0/255, 0/1 or
-palette images (:func:`helpers.folders.read_mask`).
+palette images (:func:`helpers.images.read_mask`); a file of more than ``--max-pixels`` pixels
+(100 million by default) is refused by name before it is decoded.
 
 Each image is resized as in training (:func:`helpers.folders.load_sample`), the model runs at
 image_size x image_size, its logits are upsampled bilinearly (align_corners=False) to the original
@@ -41,8 +42,9 @@ import torch.nn.functional as F
 from PIL import Image
 
 from . import metrics
-from .folders import SOURCE_LABELS, list_split, load_sample, read_mask, source_of
+from .folders import SOURCE_LABELS, check_mask_size, list_split, load_sample, source_of
 from .errors import DataError, ProjectError
+from .images import DEFAULT_MAX_PIXELS, read_mask
 from .io import atomic_path, write_csv, write_json
 from .pairing import DEFAULT_MASK_SUFFIX, pair_folders
 from .progress import progress_bar
@@ -78,15 +80,13 @@ def predict_original_size(model: torch.nn.Module, image_uint8_chw_resized: torch
     return upsample(predict_logits(model, image_uint8_chw_resized[None], tta)[0], orig_size)
 
 
-def _load(sample, image_size: int) -> dict:
+def _load(sample, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Resized image (uint8 3 x S x S via load_sample), original size (H, W), truth (bool H x W or None)."""
-    r = load_sample(replace(sample, mask=None), image_size)
+    r = load_sample(replace(sample, mask=None), image_size, max_pixels)
     truth = None
     if sample.mask is not None:
-        truth = read_mask(sample.mask)[0]
-        if truth.shape != r["size"]:
-            raise DataError(f"{sample.mask}: mask is {truth.shape[1]}x{truth.shape[0]} but its image "
-                            f"{sample.image.name} is {r['size'][1]}x{r['size'][0]}")
+        truth = read_mask(sample.mask, max_pixels)[0]
+        check_mask_size(sample, truth.shape, r["size"], r["notes"])
     return {"image": torch.from_numpy(r["image"]).permute(2, 0, 1), "size": r["size"], "truth": truth}
 
 
@@ -108,7 +108,8 @@ def _open_model(checkpoint: Path, device: torch.device):
 
 def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None, *, batch_size: int = 16,
                         device: str = "auto", tta: bool = False, progress: bool = True,
-                        image_size: int | None = None, ids: list[str] | None = None) -> dict:
+                        image_size: int | None = None, ids: list[str] | None = None,
+                        max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """Predict every image of ``split`` at its original size; score it when ground truth exists.
 
     ids: only these images of the split (e.g. a validation split held out of the training split);
@@ -128,12 +129,13 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
     source = {"data_dir": str(data_dir), "split": split, "data_source": SOURCE_LABELS[source_of(data_dir)],
               "ids": "all" if ids is None else f"{len(samples)} chosen ids"}
     return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
-                     progress=progress, image_size=image_size)
+                     progress=progress, image_size=image_size, max_pixels=max_pixels)
 
 
 def evaluate_folders(checkpoint, images_dir, masks_dir=None, out_dir=None, *,
                      mask_suffix: str = DEFAULT_MASK_SUFFIX, batch_size: int = 16, device: str = "auto",
-                     tta: bool = False, progress: bool = True, image_size: int | None = None) -> dict:
+                     tta: bool = False, progress: bool = True, image_size: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
     """:func:`evaluate_checkpoint` for any two folders: each image ``stem.ext`` of ``images_dir``
     with the mask ``<stem><mask_suffix>.*`` of ``masks_dir`` (see :mod:`helpers.pairing`); masks
     only, unscored, when ``masks_dir`` is None. Same outputs; submission masks are
@@ -143,11 +145,11 @@ def evaluate_folders(checkpoint, images_dir, masks_dir=None, out_dir=None, *,
               "images_dir": str(images_dir), "masks_dir": None if masks_dir is None else str(masks_dir),
               "mask_suffix": None if masks_dir is None else mask_suffix}
     return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
-                     progress=progress, image_size=image_size)
+                     progress=progress, image_size=image_size, max_pixels=max_pixels)
 
 
 def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: int, device: str, tta: bool,
-              progress: bool, image_size: int | None) -> dict:
+              progress: bool, image_size: int | None, max_pixels: int) -> dict:
     """Predict and score ``samples`` (all with masks or none); ``source`` goes into the summary."""
     start, checkpoint = time.perf_counter(), Path(checkpoint)
     if batch_size < 1:
@@ -172,7 +174,7 @@ def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: i
                                                     unit="img", enabled=progress) as bar:
         for i in range(0, len(samples), batch_size):
             batch = samples[i:i + batch_size]
-            loaded = list(pool.map(partial(_load, image_size=image_size), batch))
+            loaded = list(pool.map(partial(_load, image_size=image_size, max_pixels=max_pixels), batch))
             logits = predict_logits(model, torch.stack([d["image"] for d in loaded]), tta)
             preds = [metrics.binarize_logits(upsample(lg, d["size"])[0]).cpu() for d, lg in zip(loaded, logits)]
             if mask_dir is not None:  # bool H x W each, encoded in parallel
@@ -242,10 +244,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tta", action="store_true", help="average logits over identity, h-flip, v-flip (off by default)")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"model input size (default: the checkpoint's, else {DEFAULT_IMAGE_SIZE})")
+    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
+                        help="refuse image and mask files of more pixels than this, before decoding them "
+                             f"(default {DEFAULT_MAX_PIXELS:,}: a guard against decompression bombs)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     options = dict(batch_size=args.batch_size, device=args.device, tta=args.tta, progress=not args.quiet,
-                   image_size=args.image_size)
+                   image_size=args.image_size, max_pixels=args.max_pixels)
     try:
         _check_inputs(args)
         if args.tta:

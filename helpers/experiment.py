@@ -22,7 +22,8 @@ from . import download
 from .cache import TensorSegmentation, load_cached, load_dataset
 from .download import BASE_URL
 from .errors import DataError, DownloadError
-from .folders import SOURCE_LABELS, SPLITS, DataWarning
+from .folders import SOURCE_LABELS, SPLITS, DataWarning, data_warnings, warning_lines
+from .images import DEFAULT_MAX_PIXELS
 from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint
@@ -68,11 +69,12 @@ class RunConfig:
     m3_loss: str = "bce_dice"       # "bce" or "bce_dice"
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
     m3_select: str = "last"         # "last" epoch, or "best" validation Jaccard (needs a validation split)
+    max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
 
     def __post_init__(self):
         if self.data not in SOURCES:
             raise ValueError(f"data must be one of {SOURCES}, got {self.data!r}")
-        for name in ("image_size", "epochs", "batch_size", "seeds", "m3_image_size", "m3_epochs"):
+        for name in ("image_size", "epochs", "batch_size", "seeds", "m3_image_size", "m3_epochs", "max_pixels"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
@@ -227,8 +229,9 @@ def prepare_data(cfg: RunConfig, image_size: int | None = None, log=print) -> Da
     size = image_size or cfg.image_size
     source, root, _ = resolve_source(cfg, log=log)
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
-    train = load_dataset(root, "train", size, cache, progress=cfg.progress)
-    test = load_dataset(root, "test", size, cache, progress=cfg.progress) if has_split(root, "test") else None
+    train = load_dataset(root, "train", size, cache, progress=cfg.progress, max_pixels=cfg.max_pixels)
+    test = load_dataset(root, "test", size, cache, progress=cfg.progress,
+                        max_pixels=cfg.max_pixels) if has_split(root, "test") else None
     val, record = None, None
     fraction = validation_fraction(cfg, root)
     if fraction > 0:
@@ -246,19 +249,46 @@ def prepare_data(cfg: RunConfig, image_size: int | None = None, log=print) -> Da
     return d
 
 
-def check_data(cfg: RunConfig, root: Path, log=print) -> None:
+def check_data(cfg: RunConfig, root: Path, log=print) -> dict:
     """Decode both splits (through the cache the notebooks then reuse): a bad file fails here, at
-    once and named, before any notebook runs. Conversions are logged as one-line notes."""
+    once and named, before any notebook runs. Conversions are logged as one-line notes.
+
+    Returns the data warnings (:func:`helpers.folders.data_warnings`) of each split, for the largest
+    working size: {"working_size": S, "train": {...}, "test": {...}}; each kind found is logged as
+    one line starting with "warning: ".
+    """
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
     sizes = sorted({cfg.image_size, cfg.m3_image_size or cfg.image_size})
+    found = {"working_size": sizes[-1]}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
         for split in SPLITS:
             if has_split(root, split):
                 for size in sizes:
-                    load_cached(root, split, size, cache, progress=cfg.progress)
+                    data = load_cached(root, split, size, cache, progress=cfg.progress, max_pixels=cfg.max_pixels)
+                found[split] = data_warnings(data["ids"], data["sizes"], data["lesion"], sizes[-1])
     for w in caught:
         log(f"note: {w.message}")
+    for split in SPLITS:
+        for line in warning_lines(split, found.get(split, {}), sizes[-1]):
+            log(f"warning: {line}")
+    return found
+
+
+DATA_WARNINGS = "data_warnings.json"
+
+
+def write_data_warnings(run: Path, found: dict, log=print) -> int:
+    """Write :func:`check_data`'s warnings, when there are any, to ``run/data_warnings.json`` and say
+    so (an earlier file is removed when there are none). Returns how many there are (an image can
+    count under two kinds)."""
+    count = sum(len(ids) for split in SPLITS for ids in found.get(split, {}).values())
+    if not count:
+        (run / DATA_WARNINGS).unlink(missing_ok=True)
+        return 0
+    write_json(run / DATA_WARNINGS, found)
+    log(f"data: {count} data warning(s) above (these images train, look at them); the ids are in {run / DATA_WARNINGS}")
+    return count
 
 
 def dataset_summary(d: Data) -> dict:
@@ -352,7 +382,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
         challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, split_folder, out / key,
                                         batch_size=cfg.batch_size, device=cfg.device, tta=tta,
-                                        progress=cfg.progress, ids=ids)
+                                        progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
         summary[key] = {"macro": challenge["macro"], "micro": challenge["micro"], "tta": tta}
     write_json(out / "metrics.json", summary)
     return {"seed": seed, "history": history, "per_image": rows, "original": read_csv(out / "original" / "per_image.csv"),

@@ -25,9 +25,10 @@ from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import RunConfig, check_data, environment, resolve_source
+from .experiment import DATA_WARNINGS, RunConfig, check_data, environment, resolve_source, write_data_warnings
 from .io import write_json, write_text
 from .model import load_encoder_features
+from .runlock import hold_run_folder
 from .train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
@@ -54,7 +55,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select}
+            "M3_SELECT": cfg.m3_select, "MAX_PIXELS": cfg.max_pixels}
 
 
 # The kernel's channels are encrypted (CurveZMQ keys made by jupyter_client for each kernel whose
@@ -162,7 +163,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         raise ProjectError(f"{run} holds a finished run: pass --overwrite to replace it, or choose another --name")
     source, root, decision = resolve_source(cfg, log)  # downloads, or falls back to synthetic, or fails at once
     log(decision)
-    check_data(cfg, root, log)
+    found = check_data(cfg, root, log)
     if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
         log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
     if overwrite:
@@ -170,6 +171,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     elif run.exists():
         log(f"{run}: unfinished run found: finished trainings are reused, an interrupted one resumes after its "
             "last complete epoch (--overwrite starts afresh)")
+    n_warnings = write_data_warnings(run, found, log)
     cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
@@ -182,6 +184,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
             executed.append(out)
             log(f"{name}: done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, decision)
+    results["data_warnings"] = n_warnings
     if html:
         export_html(executed, run / "report.html", f"ISIC 2016 segmentation reproduction - {run.name}")
     write_json(run / "results.json", results)
@@ -226,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true",
                    help="start afresh: move runs/NAME aside to NAME.replaced-<date>-<time>, then run")
     p.add_argument("--no-html", action="store_true", help="skip the HTML report")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels,
+                   help="refuse image files of more pixels than this (a guard against decompression bombs)")
     return p
 
 
@@ -243,10 +248,11 @@ def main(argv: list[str] | None = None) -> int:
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
-                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False)
+                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels)
     start = time.perf_counter()
     try:
-        results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
+        with hold_run_folder(cfg.run_path):  # a second run on this folder stops here, naming the first
+            results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
         return 1
@@ -260,6 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reproduce: {results['data_source']}, weights {results['encoder_weights_used']}, "
           f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} (the notebooks' output in "
           f"{output_log(cfg.run_path).relative_to(cfg.run_path)}) in {time.perf_counter() - start:.0f} s")
+    if results.get("data_warnings"):
+        print(f"reproduce: {results['data_warnings']} data warning(s); the ids are in {cfg.run_path / DATA_WARNINGS}")
     return 0
 
 

@@ -1,6 +1,8 @@
 import os
+import struct
 import subprocess
 import sys
+import zlib
 from types import SimpleNamespace
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -29,6 +31,14 @@ def write_pair(root, split, index, size=(40, 30), seed=None):
     Image.fromarray(img).save(img_dir / f"{ident}.jpg", quality=92)
     Image.fromarray(mask).save(mask_dir / f"{ident}_Segmentation.png")
     return img_dir / f"{ident}.jpg", mask_dir / f"{ident}_Segmentation.png"
+
+
+def png_claiming(width, height):
+    """A small PNG file whose header claims width x height 8-bit grey pixels (a decompression-bomb size
+    costs nothing to write); its image data is one row of zeros, which Pillow reads as a black image."""
+    chunk = lambda kind, data: struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from helpers import cache, data, folders
 from helpers.folders import SPLITS, DataWarning
 from helpers.errors import DataError
 
-from conftest import write_pair
+from conftest import png_claiming, write_pair
 
 
 def test_list_split_pairs_by_id_not_sort_order(tiny_isic):
@@ -239,6 +239,25 @@ def _garbage(root, tmp):
     return root, "train", "ISIC_0000003.jpg: unreadable or truncated image file"
 
 
+def _bomb(root, tmp):
+    (root / SPLITS["train"][0] / "ISIC_0000003.jpg").unlink()
+    (root / SPLITS["train"][0] / "ISIC_0000003.png").write_bytes(png_claiming(20000, 13000))
+    return root, "train", ("ISIC_0000003.png: image is 20000x13000 (260.0 million pixels), above the limit of 100 million "
+                           "(a guard against decompression bombs); pass --max-pixels 260000000 to read it")
+
+
+def _mask_bomb(root, tmp):
+    (root / SPLITS["test"][1] / "ISIC_0000007_Segmentation.png").write_bytes(png_claiming(48 * 1000, 36 * 3000))
+    return root, "test", "ISIC_0000007_Segmentation.png: image is 48000x108000 (5184.0 million pixels), above the limit"
+
+
+def _truncated_mask(root, tmp):
+    path = root / SPLITS["test"][1] / "ISIC_0000007_Segmentation.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 2, (36, 48), dtype=np.uint8) * 255).save(path)
+    path.write_bytes(path.read_bytes()[:100])
+    return root, "test", "ISIC_0000007_Segmentation.png: unreadable or truncated image file"
+
+
 def _mask_size(root, tmp):
     Image.new("L", (10, 10)).save(root / SPLITS["test"][1] / "ISIC_0000007_Segmentation.png")
     return root, "test", "ISIC_0000007_Segmentation.png: mask is 10x10 but its image ISIC_0000007.jpg is 48x36"
@@ -275,7 +294,8 @@ def _missing_path(root, tmp):
     return tmp / "nowhere", "test", str(tmp / "nowhere")
 
 
-FAULTS = {"truncated jpeg": _truncate, "not a jpeg": _garbage, "mask of another size": _mask_size,
+FAULTS = {"truncated jpeg": _truncate, "not a jpeg": _garbage, "image above the pixel limit": _bomb,
+          "mask above the pixel limit": _mask_bomb, "truncated png mask": _truncated_mask, "mask of another size": _mask_size,
           "image without mask": _image_without_mask, "mask without image": _mask_without_image,
           "duplicate id": _duplicate, "empty split": _empty_split, "empty folder": _empty_folder,
           "path that does not exist": _missing_path}
@@ -323,3 +343,24 @@ def test_conversions_are_one_line_notes_before_the_notebooks_run(tiny_isic, tmp_
     assert len(lines) == 2 and all(line.startswith("note: ") and "\n" not in line for line in lines)
     assert "ignored 1 file(s) that are not ISIC image files: notes.txt" in lines[0]
     assert "ISIC_0000000.jpg: L image converted to RGB" in lines[1]
+
+
+def test_check_names_small_images_and_masks_with_no_lesion_or_no_background(tiny_isic, capsys):
+    """They pass (ISIC 2016 has masks of each kind) but are named, with the working size --image-size."""
+    image_dir, mask_dir = (tiny_isic / name for name in SPLITS["train"])
+    Image.new("RGB", (1, 1), (90, 50, 30)).save(image_dir / "ISIC_0000001.jpg")
+    Image.new("L", (1, 1), 255).save(mask_dir / "ISIC_0000001_Segmentation.png")  # 1 x 1 and all lesion
+    Image.new("L", (48, 34), 0).save(mask_dir / "ISIC_0000002_Segmentation.png")  # no lesion
+    assert data.main(["check", str(tiny_isic), "--quiet", "--image-size", "32"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert [line for line in out if "warning" in line] == [
+        "  warning: train: 1 image(s) smaller than 16 px on a side (under half the 32 px working size); they still "
+        "train: ISIC_0000001",
+        "  warning: train: 1 mask(s) with no lesion (all background); they still train: ISIC_0000002",
+        "  warning: train: 1 mask(s) with no background (all lesion); they still train: ISIC_0000001",
+        "no problems found (3 warning(s) above: those images train, look at them)"]
+    assert data.main(["check", str(tiny_isic), "--quiet"]) == 0  # at 128 px every image here is small
+    out = capsys.readouterr().out
+    assert ("train: 6 image(s) smaller than 64 px on a side (under half the 128 px working size); they still train: "
+            "ISIC_0000000, ISIC_0000001, ISIC_0000002, ISIC_0000003, ISIC_0000004 ...") in out
+    assert "test: 4 image(s) smaller than 64 px" in out

@@ -165,16 +165,32 @@ def _wrong_suffix(images, masks):
     return "(did you mean --mask-suffix _seg?)"
 
 
+def _bomb(images, masks):
+    from conftest import png_claiming
+
+    (images / "IMD002.bmp").write_bytes(png_claiming(20000, 13000))  # read by content, whatever its name
+    return (f"{images / 'IMD002.bmp'}: image is 20000x13000 (260.0 million pixels), above the limit of 100 million "
+            "(a guard against decompression bombs); pass --max-pixels 260000000 to read it")
+
+
+def _truncated_mask(images, masks):
+    path = masks / "IMD002_lesion.bmp"
+    path.write_bytes(path.read_bytes()[:200])
+    return f"{path}: unreadable or truncated image file"
+
+
 FOLDER_FAULTS = {"unpaired image": _unpaired_image, "unpaired mask": _unpaired_mask,
                  "duplicate stem": _duplicate_stem, "duplicate mask": _duplicate_mask,
-                 "missing folder": _missing_folder, "wrong suffix": _wrong_suffix}
+                 "missing folder": _missing_folder, "wrong suffix": _wrong_suffix,
+                 "image above the pixel limit": _bomb, "truncated mask": _truncated_mask}
 
 
 @pytest.mark.parametrize("fault", [*FOLDER_FAULTS, "both --data-dir and --images"])
 def test_folder_errors_are_one_line_and_write_nothing(runs, tmp_path, capsys, fault):
     images, masks = ph2_style(runs["root"], tmp_path / "ph2")
     out = tmp_path / "out"
-    args = ["--checkpoint", str(runs["mixed"]), "--images", str(images), "--masks", str(masks), "--out", str(out)]
+    args = ["--checkpoint", str(runs["mixed"]), "--images", str(images), "--masks", str(masks), "--out", str(out),
+            "--quiet"]
     if fault in FOLDER_FAULTS:
         expected = FOLDER_FAULTS[fault](images, masks)
         args += ["--mask-suffix", "_lesion"]

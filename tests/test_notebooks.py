@@ -261,7 +261,9 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
     (backup,) = tmp_path.joinpath("runs").glob("o.replaced-*")
     assert (backup / "model2_finetuned" / "seed0" / "last.pt").read_bytes() == b"an earlier run's state"
     assert (backup / "results.json").is_file() and any(f"moved the earlier {run} to {backup}" in x for x in lines)
-    assert [name for name, _ in seen] == list(reproduce.NOTEBOOKS) and all(files == [] for _, files in seen)
+    # the notebooks start from an empty folder: nothing in it but the new run's output log
+    assert [name for name, _ in seen] == list(reproduce.NOTEBOOKS)
+    assert all(files == ["notebooks", "output.log"] for _, files in seen), seen
     # an unfinished run folder (no results.json) is kept and resumed, not moved
     (run / "results.json").unlink()
     lines.clear()
@@ -287,15 +289,16 @@ def test_notebooks_run_one_by_one_in_numbered_order_and_the_comparison_runs_with
     assert [p.name for p in copies] == sorted(p.name for p in copies)  # numbered order is running order
     out = tmp_path / "executed"
     text = lambda nb: " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
+    tiny = tiny_parameters(tmp_path)  # the values injected into the copies
     for copy in copies[:3]:
-        reproduce.run_notebook(copy, out / copy.name, {})
-    reproduce.run_notebook(copies[4], out / "05_without_model3.ipynb", {})
+        reproduce.run_notebook(copy, out / copy.name, tiny)
+    reproduce.run_notebook(copies[4], out / "05_without_model3.ipynb", tiny)
     early = text(nbformat.read(out / "05_without_model3.ipynb", as_version=4))
     assert "Model 3 (fine-tuned, U-Net decoder): no results in" in early and "04_model3_unet_decoder.ipynb" in early
     assert not (tmp_path / "figures" / "fig14_iou_scatter_model3.png").exists()
     assert (tmp_path / "figures" / "fig13_iou_scatter.png").is_file()
     for copy in copies[3:]:
-        reproduce.run_notebook(copy, out / copy.name, {})
+        reproduce.run_notebook(copy, out / copy.name, tiny)
     assert "no results in" not in text(nbformat.read(out / "05_comparison.ipynb", as_version=4))
     assert (tmp_path / "figures" / "fig14_iou_scatter_model3.png").is_file()
 
