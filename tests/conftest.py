@@ -1,8 +1,15 @@
+import contextlib
+import json
 import os
+import secrets
+import socket
 import struct
 import subprocess
 import sys
+import time
+import urllib.request
 import zlib
+from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -82,3 +89,53 @@ def headless_run(tmp_path_factory):
                           timeout=900, env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args)
+
+
+def lab_api(base, token, path, method="GET"):
+    """(status, JSON body) of one request to a JupyterLab server's REST API."""
+    req = urllib.request.Request(f"{base}{path}", method=method, headers={"Authorization": f"token {token}"})
+    with urllib.request.urlopen(req, timeout=10) as r:
+        body = r.read()
+        return r.status, (json.loads(body) if body else None)
+
+
+@contextlib.contextmanager
+def running_lab(work: Path, jupyter_dir: Path, env_extra: dict | None = None):
+    """`python -m helpers.lab` (what `make lab` runs) on 127.0.0.1 with a token and working copies in
+    ``work``; Jupyter's runtime and config folders under ``jupyter_dir``, its log in jupyter_dir/lab.log.
+    Yields (base URL, token)."""
+    from helpers import paths
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    token = secrets.token_hex(16)
+    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(jupyter_dir / "runtime"),
+           "JUPYTER_CONFIG_DIR": str(jupyter_dir / "config"), **(env_extra or {})}
+    env.pop("MPLBACKEND", None)  # as in a person's shell: the kernel chooses its own backend
+    jupyter_dir.mkdir(parents=True, exist_ok=True)
+    base = f"http://127.0.0.1:{port}"
+    with open(jupyter_dir / "lab.log", "w") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "helpers.lab", "--work-dir", str(work), "--no-browser", "--ServerApp.ip=127.0.0.1",
+             f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
+            + (["--allow-root"] if os.geteuid() == 0 else []),
+            cwd=paths.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 90
+            while True:
+                try:
+                    lab_api(base, token, "/api/status")
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        proc.kill()
+                        raise RuntimeError("JupyterLab did not start: " + (jupyter_dir / "lab.log").read_text()[-3000:])
+                    time.sleep(0.5)
+            yield base, token
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()

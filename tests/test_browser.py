@@ -7,15 +7,9 @@ Needs Debian's `chromium` (`.ci/run` installs it); without it the test is skippe
 
 from __future__ import annotations
 
-import json
 import os
-import secrets
 import shutil
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import nbformat
@@ -24,6 +18,7 @@ from PIL import Image
 
 from helpers import reproduce
 
+from conftest import lab_api, running_lab
 from nbtiny import ROOT, tiny_parameters
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -38,16 +33,8 @@ NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show (others ope
 SHOTS = {"03_model2_finetuned.ipynb": "lab_model2_training.png", "05_comparison.ipynb": "lab_comparison.png"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _api(base, token, path):
-    req = urllib.request.Request(f"{base}{path}", headers={"Authorization": f"token {token}"})
-    with urllib.request.urlopen(req, timeout=10) as r:
-        return json.loads(r.read())
+    return lab_api(base, token, path)[1]
 
 
 def _edited(cell_source: str, values: dict) -> str:
@@ -67,40 +54,12 @@ def work(headless_run):
 
 @pytest.fixture(scope="module")
 def lab(work):
-    """`python -m helpers.lab` (what `make lab` runs) on 127.0.0.1 with a token, in ``work``."""
-    port, token = _free_port(), secrets.token_hex(16)
-    env = {**os.environ, "JUPYTER_RUNTIME_DIR": str(work / "jupyter-runtime"),
-           "JUPYTER_CONFIG_DIR": str(work / "jupyter-config"), "JUPYTER_DATA_DIR": str(work / "jupyter-data")}
-    env.pop("MPLBACKEND", None)  # as in a person's shell: the kernel chooses its own backend
-    news = work / "jupyter-config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
-    news.mkdir(parents=True)
-    (news / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')  # no news prompt over the page
-    log = open(work / "lab.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "helpers.lab", "--work-dir", str(work), "--no-browser",
-         "--ServerApp.ip=127.0.0.1", f"--ServerApp.port={port}", f"--IdentityProvider.token={token}",
-         "--ServerApp.port_retries=0"] + (["--allow-root"] if os.geteuid() == 0 else []),
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                _api(base, token, "/api/status")
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    proc.kill()
-                    pytest.fail("JupyterLab did not start: " + (work / "lab.log").read_text()[-3000:])
-                time.sleep(0.5)
-        yield base, token
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
+    """JupyterLab as `make lab` starts it, on ``work``, with no news prompt over the page."""
+    settings = work / "jupyter" / "config" / "lab" / "user-settings" / "@jupyterlab" / "apputils-extension"
+    settings.mkdir(parents=True)
+    (settings / "notification.jupyterlab-settings").write_text('{"fetchNews": "false"}')
+    with running_lab(work, work / "jupyter", {"JUPYTER_DATA_DIR": str(work / "jupyter" / "data")}) as lab:
+        yield lab
 
 
 @pytest.fixture(scope="module")
@@ -241,7 +200,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
     page.goto((headless_run / "report.html").as_uri())
     images = _rendered_images(page, "img")
     assert len(images) == len(reproduce.FIGURES) and all(w > 0 and h > 0 for w, h in images), images
-    assert "without encryption" not in (work / "lab.log").read_text()  # the lab's kernels too
+    assert "without encryption" not in (work / "jupyter" / "lab.log").read_text()  # the lab's kernels too
 
 
 def _shrink(folder: Path) -> None:

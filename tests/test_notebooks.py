@@ -289,7 +289,7 @@ def test_notebooks_run_one_by_one_in_numbered_order_and_the_comparison_runs_with
     assert [p.name for p in copies] == sorted(p.name for p in copies)  # numbered order is running order
     out = tmp_path / "executed"
     text = lambda nb: " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    tiny = tiny_parameters(tmp_path)  # the values injected into the copies
+    tiny = {**reproduce.notebook_parameters(RunConfig()), **tiny_parameters(tmp_path)}  # as injected into the copies
     for copy in copies[:3]:
         reproduce.run_notebook(copy, out / copy.name, tiny)
     reproduce.run_notebook(copies[4], out / "05_without_model3.ipynb", tiny)
