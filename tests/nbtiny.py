@@ -39,6 +39,13 @@ def parameterized_copies(tmp: Path) -> list[Path]:
     return [out_dir / src.name for src in NOTEBOOKS]
 
 
+def figure_names(path: Path) -> set[str]:
+    """The figure files a notebook saves (fig01_... .png), from its source."""
+    import re
+
+    return set(re.findall(r"fig\d\d_\w+\.png", path.read_text()))
+
+
 def is_checked(cell) -> bool:
     return cell.cell_type == "code" and cell.source.startswith(CHECK)
 

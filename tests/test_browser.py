@@ -19,16 +19,15 @@ from PIL import Image
 from helpers import reproduce
 
 from conftest import lab_api, running_lab
-from nbtiny import ROOT, tiny_parameters
+from nbtiny import NOTEBOOKS, ROOT, figure_names, tiny_parameters
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's chromium package "
                                                          "(apt-get install chromium) to run the browser test")
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
-FIGURES = {"01_data_exploration.ipynb": 2, "02_model1_frozen_encoder.ipynb": 3, "03_model2_finetuned.ipynb": 3,
-           "04_model3_unet_decoder.ipynb": 3, "05_comparison.ipynb": 3}
-TRAINING = {"02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb", "04_model3_unet_decoder.ipynb"}
+FIGURES = {p.name: len(figure_names(p)) for p in NOTEBOOKS}  # the figures each notebook saves
+TRAINING = {p.name for p in NOTEBOOKS if "train_seeds(" in p.read_text()}  # the notebooks that train a model
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show (others opened before stay in hidden tabs)
 SHOTS = {"03_model2_finetuned.ipynb": "lab_model2_training.png", "05_comparison.ipynb": "lab_comparison.png"}
 

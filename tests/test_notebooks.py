@@ -21,7 +21,7 @@ from helpers.errors import ProjectError
 from helpers.experiment import RunConfig
 
 from conftest import main_args
-from nbtiny import NOTEBOOKS, ROOT, is_checked, parameterized_copies, tiny_parameters
+from nbtiny import NOTEBOOKS, ROOT, figure_names, is_checked, parameterized_copies, tiny_parameters
 
 
 def test_notebooks_are_committed_thin():
@@ -52,11 +52,6 @@ def test_nbval_runs_all_five_notebooks(tmp_path):
 
 def _main_args(tmp_path, *extra):
     return main_args(tmp_path, *extra)
-
-
-def figure_names(path) -> set[str]:
-    """The figure files a notebook saves (fig01_... .png), from its source."""
-    return set(re.findall(r"fig\d\d_\w+\.png", path.read_text()))
 
 
 def test_headless_pipeline_writes_every_output(headless_run, capsys):
