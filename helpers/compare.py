@@ -170,3 +170,120 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10000, seed: 
     lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
     return {"mean_difference": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
             "n_images": int(diff.size), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}
+
+
+def seed_spread(results: dict[str, dict], metric: str = "jaccard") -> pd.DataFrame:
+    """Each model's mean per-image ``metric`` at the original size, seed by seed, beside its mean,
+    sd and range over seeds: the spread a rerun can move a number by."""
+    rows = []
+    for name, res in results.items():
+        v = res["summary"]["original"][metric]
+        row = {"model": MODELS[name], "seeds": len(v["per_seed"])}
+        row.update({f"seed {s}": round(x, 4) for s, x in zip(res["summary"]["seeds"], v["per_seed"])})
+        row.update({"mean ± sd": mean_sd(v), "range": f"{min(v['per_seed']):.4f}-{max(v['per_seed']):.4f}"})
+        rows.append(row)
+    return pd.DataFrame(rows).set_index("model") if rows else pd.DataFrame(columns=["model"]).set_index("model")
+
+
+PAIRS = (("model1_frozen", "model2_finetuned"), ("model2_finetuned", "model3_unet"))
+
+
+def _seed_jaccards(result: dict) -> dict[int, dict[str, float]]:
+    return {run["seed"]: {r["id"]: r["jaccard"] for r in run["original"]} for run in result["runs"]}
+
+
+def paired_by_seed(results: dict[str, dict], pairs=PAIRS) -> pd.DataFrame:
+    """The paired per-image comparison (original size, bootstrap 95% interval over images) seed by
+    seed: model b's seed k against model a's seed k, and the verdict over the seeds: a difference
+    holds when every seed's interval lies on the same side of 0."""
+    rows = []
+    for a, b in pairs:
+        if a not in results or b not in results:
+            continue
+        ja, jb = _seed_jaccards(results[a]), _seed_jaccards(results[b])
+        per_seed = [{"seed": s, **paired_bootstrap(*paired_ious(ja[s], jb[s]))} for s in ja if s in jb]
+        above = all(r["ci_low"] > 0 for r in per_seed)
+        below = all(r["ci_high"] < 0 for r in per_seed)
+        verdict = (f"yes: {MODELS[b]} better" if above else f"yes: {MODELS[a]} better" if below else
+                   "no: an interval includes 0 or the seeds disagree")
+        for r in per_seed:
+            rows.append({"comparison": f"{MODELS[b]} - {MODELS[a]}", **r,
+                         "holds across seeds": verdict if len(per_seed) > 1 else "one seed only"})
+    if not rows:
+        return pd.DataFrame(columns=["comparison", "seed", "mean_difference", "ci_low", "ci_high",
+                                     "holds across seeds"]).set_index(["comparison", "seed"])
+    return pd.DataFrame(rows).set_index(["comparison", "seed"]).round(4)
+
+
+def bootstrap_ci(values: list[float], n_boot: int = 10000, seed: int = 0, level: float = 0.95) -> tuple[float, float]:
+    """Percentile bootstrap interval over the items of the mean of ``values``."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=float)
+    if v.size == 0:
+        raise ValueError("no values to bootstrap")
+    means = v[np.random.default_rng(seed).integers(0, v.size, size=(n_boot, v.size))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return float(lo), float(hi)
+
+
+def _seed_mean_per_image(tables: list[list[dict]], metric: str) -> list[float]:
+    """Per image (matched by id), the mean over seeds of ``metric``."""
+    by_id = [{r["id"]: r[metric] for r in t} for t in tables]
+    if any(set(t) != set(by_id[0]) for t in by_id):
+        raise ValueError("the seeds were scored on different images")
+    return [sum(t[i] for t in by_id) / len(by_id) for i in sorted(by_id[0])]
+
+
+def generalization_points(results: dict[str, dict], metric: str = "jaccard") -> list[dict]:
+    """Per model: the in-domain scored split and each external test set at the original size, with
+    the mean over seeds, the sd over seeds, each seed's mean, and a bootstrap 95% interval over
+    images of the per-image values averaged over seeds."""
+    points = []
+    for name, res in results.items():
+        split = res["summary"].get("scored_split", "test")
+        sets = [(f"in-domain: {res['summary']['data_source']}, {split} split", f"in-domain ({split} split)", "-",
+                 [run["original"] for run in res["runs"]], res["summary"]["original"][metric])]
+        for slug, ext in ((res.get("external") or {}).get("results") or {}).items():
+            layout = next(s["layout"] for s in res["external"]["sets"] if s["slug"] == slug)
+            sets.append((f"external: {ext['name']}", f"external: {ext['name']}", layout, ext["per_image"],
+                         ext["macro"][metric]))
+        for label, short, layout, tables, summary in sets:
+            values = _seed_mean_per_image(tables, metric)
+            lo, hi = bootstrap_ci(values)
+            points.append({"model": MODELS[name], "data set": label, "short": short, "layout": layout, "images": len(values),
+                           "mean": summary["mean"], "sd over seeds": summary["std"], "per_seed": summary["per_seed"],
+                           "ci_low": lo, "ci_high": hi})
+    return points
+
+
+def generalization_table(results: dict[str, dict], metric: str = "jaccard") -> pd.DataFrame:
+    """In-domain against each external test set, per model (original size): mean ± sd over seeds,
+    the 95% interval over images, and the change from the model's in-domain mean."""
+    rows, home = [], {}
+    for p in generalization_points(results, metric):
+        home.setdefault(p["model"], p["mean"])
+        rows.append({"model": p["model"], "data set": p["data set"], "layout": p["layout"], "images": p["images"],
+                     "seeds": len(p["per_seed"]),
+                     f"{metric} mean ± sd": f"{p['mean']:.4f} ± {p['sd over seeds']:.4f}" if len(p["per_seed"]) > 1
+                     else f"{p['mean']:.4f}",
+                     "95% interval (images)": f"{p['ci_low']:.4f}-{p['ci_high']:.4f}",
+                     "change from in-domain": "-" if p["data set"].startswith("in-domain") else
+                     f"{p['mean'] - home[p['model']]:+.4f}"})
+    if not rows:
+        return pd.DataFrame(columns=["model", "data set"]).set_index(["model", "data set"])
+    return pd.DataFrame(rows).set_index(["model", "data set"])
+
+
+def generalization_figure(results: dict[str, dict], note: str, path: str | Path):
+    """fig15: the generalization table as a figure, saved to ``path``."""
+    from .plots import generalization, save_figure
+
+    points = generalization_points(results)
+    externals = sorted({p["data set"] for p in points if not p["data set"].startswith("in-domain")})
+    title = ("Jaccard in-domain and on external test sets" if externals else
+             "Jaccard in-domain (no external test set was given: EXTERNAL is empty)")
+    short = {v: SHORT[k] for k, v in MODELS.items()}
+    fig = generalization([{**p, "model": short[p["model"]], "data set": p["short"]} for p in points], note, title)
+    save_figure(fig, path)
+    return fig

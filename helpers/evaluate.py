@@ -3,7 +3,8 @@
     python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT [--split test] --out DIR [options]
     python -m helpers.evaluate --checkpoint CKPT --images DIR [--masks DIR [--mask-suffix _Segmentation]]
                                --out DIR [options]
-    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--max-pixels N] [--quiet]
+    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--max-pixels N] [--overlays [--worst 12]]
+             [--quiet]
 
 ``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
 (or one), pairing ``stem.ext`` with ``<stem><suffix>.ext`` (:mod:`helpers.pairing`), e.g. PH2's
@@ -19,7 +20,10 @@ height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
   original size (submission format);
 - with ground truth: ``per_image.csv`` (id, height, width and the six ISIC metrics) and
   ``summary.json`` ("macro": the challenge numbers, "micro": pooled Jaccard and Dice, settings);
-- without a ground-truth folder: the masks and a ``summary.json`` whose "macro"/"micro" are null.
+- without a ground-truth folder: the masks and a ``summary.json`` whose "macro"/"micro" are null;
+- with ``--overlays``: ``overlays/<id>_overlay.jpg``, each image at its original size with the
+  predicted outline (magenta) and, with ground truth, the true one (green) (:mod:`helpers.overlays`);
+  with ground truth also ``worst.jpg``, a contact sheet of the ``--worst`` (12) lowest-Jaccard images.
 
 The image size comes from ``--image-size``, else ``ckpt["settings"]["image_size"]``, else 128 (the
 report's size); summary.json records which ("image_size_source"). ``--tta`` averages the logits of
@@ -44,8 +48,9 @@ from PIL import Image
 from . import metrics
 from .folders import SOURCE_LABELS, check_mask_size, list_split, load_sample, source_of
 from .errors import DataError, ProjectError
-from .images import DEFAULT_MAX_PIXELS, read_mask
+from .images import DEFAULT_MAX_PIXELS, read_image, read_mask
 from .io import atomic_path, write_csv, write_json
+from .overlays import OVERLAY_SUFFIX, SHEET_NAME, contact_sheet, write_overlay
 from .pairing import DEFAULT_MASK_SUFFIX, pair_folders
 from .progress import progress_bar
 from .train import load_checkpoint, resolve_device
@@ -80,14 +85,16 @@ def predict_original_size(model: torch.nn.Module, image_uint8_chw_resized: torch
     return upsample(predict_logits(model, image_uint8_chw_resized[None], tta)[0], orig_size)
 
 
-def _load(sample, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
-    """Resized image (uint8 3 x S x S via load_sample), original size (H, W), truth (bool H x W or None)."""
+def _load(sample, image_size: int, max_pixels: int = DEFAULT_MAX_PIXELS, original: bool = False) -> dict:
+    """Resized image (uint8 3 x S x S via load_sample), original size (H, W), truth (bool H x W or None)
+    and, with ``original``, the image itself at its original size (for an overlay)."""
     r = load_sample(replace(sample, mask=None), image_size, max_pixels)
     truth = None
     if sample.mask is not None:
         truth = read_mask(sample.mask, max_pixels)[0]
         check_mask_size(sample, truth.shape, r["size"], r["notes"])
-    return {"image": torch.from_numpy(r["image"]).permute(2, 0, 1), "size": r["size"], "truth": truth}
+    return {"image": torch.from_numpy(r["image"]).permute(2, 0, 1), "size": r["size"], "truth": truth,
+            "original": read_image(sample.image, max_pixels)[0] if original else None}
 
 
 def _write_png(path: Path, mask: np.ndarray) -> None:
@@ -109,7 +116,7 @@ def _open_model(checkpoint: Path, device: torch.device):
 def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None, *, batch_size: int = 16,
                         device: str = "auto", tta: bool = False, progress: bool = True,
                         image_size: int | None = None, ids: list[str] | None = None,
-                        max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+                        max_pixels: int = DEFAULT_MAX_PIXELS, overlays: bool = False, worst: int = 12) -> dict:
     """Predict every image of ``split`` at its original size; score it when ground truth exists.
 
     ids: only these images of the split (e.g. a validation split held out of the training split);
@@ -128,14 +135,15 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
         samples = [by_id[i] for i in ids]
     source = {"data_dir": str(data_dir), "split": split, "data_source": SOURCE_LABELS[source_of(data_dir)],
               "ids": "all" if ids is None else f"{len(samples)} chosen ids"}
-    return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
-                     progress=progress, image_size=image_size, max_pixels=max_pixels)
+    return evaluate_samples(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
+                            progress=progress, image_size=image_size, max_pixels=max_pixels, overlays=overlays,
+                            worst=worst)
 
 
 def evaluate_folders(checkpoint, images_dir, masks_dir=None, out_dir=None, *,
                      mask_suffix: str = DEFAULT_MASK_SUFFIX, batch_size: int = 16, device: str = "auto",
                      tta: bool = False, progress: bool = True, image_size: int | None = None,
-                     max_pixels: int = DEFAULT_MAX_PIXELS) -> dict:
+                     max_pixels: int = DEFAULT_MAX_PIXELS, overlays: bool = False, worst: int = 12) -> dict:
     """:func:`evaluate_checkpoint` for any two folders: each image ``stem.ext`` of ``images_dir``
     with the mask ``<stem><mask_suffix>.*`` of ``masks_dir`` (see :mod:`helpers.pairing`); masks
     only, unscored, when ``masks_dir`` is None. Same outputs; submission masks are
@@ -144,13 +152,26 @@ def evaluate_folders(checkpoint, images_dir, masks_dir=None, out_dir=None, *,
     source = {"data_dir": None, "split": None, "data_source": "image folders",
               "images_dir": str(images_dir), "masks_dir": None if masks_dir is None else str(masks_dir),
               "mask_suffix": None if masks_dir is None else mask_suffix}
-    return _evaluate(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
-                     progress=progress, image_size=image_size, max_pixels=max_pixels)
+    return evaluate_samples(checkpoint, samples, source, out_dir, batch_size=batch_size, device=device, tta=tta,
+                            progress=progress, image_size=image_size, max_pixels=max_pixels, overlays=overlays,
+                            worst=worst)
 
 
-def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: int, device: str, tta: bool,
-              progress: bool, image_size: int | None, max_pixels: int) -> dict:
-    """Predict and score ``samples`` (all with masks or none); ``source`` goes into the summary."""
+def _refuse_stale(folder: Path | None, names: set[str]) -> None:
+    """Files of this run replace their namesakes; any other file would mix two runs' outputs."""
+    if folder is not None and folder.is_dir():
+        stale = sorted(set(p.name for p in folder.iterdir()) - names)
+        if stale:
+            raise DataError(f"{folder}: holds {len(stale)} file(s) not of these images ({', '.join(stale[:3])}); "
+                            "choose an empty --out folder")
+
+
+def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_size: int = 16, device: str = "auto",
+                     tta: bool = False, progress: bool = True, image_size: int | None = None,
+                     max_pixels: int = DEFAULT_MAX_PIXELS, overlays: bool = False, worst: int = 12) -> dict:
+    """Predict and score ``samples`` (helpers.folders.Sample, all with masks or none); ``source``
+    (where they come from) goes into the summary. ``overlays`` (needs ``out_dir``) writes the
+    outline pictures and, with masks, the contact sheet of the ``worst`` lowest-Jaccard images."""
     start, checkpoint = time.perf_counter(), Path(checkpoint)
     if batch_size < 1:
         raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
@@ -163,23 +184,27 @@ def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: i
     size_source = "argument" if image_size else "checkpoint" if settings.get("image_size") else "default"
     image_size = int(image_size or settings.get("image_size") or DEFAULT_IMAGE_SIZE)
     has_truth = samples[0].mask is not None
+    if overlays and out_dir is None:
+        raise ProjectError("overlays need an output folder")
     mask_dir = None if out_dir is None else Path(out_dir) / "masks"
-    if mask_dir is not None and mask_dir.is_dir():  # same names are replaced; others would mix runs
-        stale = sorted(set(p.name for p in mask_dir.iterdir()) - {s.id + MASK_SUFFIX for s in samples})
-        if stale:
-            raise DataError(f"{mask_dir}: holds {len(stale)} file(s) not of this split ({', '.join(stale[:3])}); "
-                            "choose an empty --out folder")
+    overlay_dir = Path(out_dir) / "overlays" if overlays else None
+    _refuse_stale(mask_dir, {s.id + MASK_SUFFIX for s in samples})
+    _refuse_stale(overlay_dir, {s.id + OVERLAY_SUFFIX for s in samples})
     counts, rows = [], []
     with ThreadPoolExecutor() as pool, progress_bar(total=len(samples), desc=f"evaluate {source['split'] or 'images'}",
                                                     unit="img", enabled=progress) as bar:
         for i in range(0, len(samples), batch_size):
             batch = samples[i:i + batch_size]
-            loaded = list(pool.map(partial(_load, image_size=image_size, max_pixels=max_pixels), batch))
+            loaded = list(pool.map(partial(_load, image_size=image_size, max_pixels=max_pixels, original=overlays),
+                                   batch))
             logits = predict_logits(model, torch.stack([d["image"] for d in loaded]), tta)
             preds = [metrics.binarize_logits(upsample(lg, d["size"])[0]).cpu() for d, lg in zip(loaded, logits)]
             if mask_dir is not None:  # bool H x W each, encoded in parallel
                 list(pool.map(_write_png, [mask_dir / f"{s.id}{MASK_SUFFIX}" for s in batch],
                               [p.numpy() for p in preds]))
+            if overlay_dir is not None:
+                list(pool.map(write_overlay, [overlay_dir / f"{s.id}{OVERLAY_SUFFIX}" for s in batch],
+                              [d["original"] for d in loaded], [p.numpy() for p in preds], [d["truth"] for d in loaded]))
             if has_truth:
                 counts += [metrics.confusion(p[None], torch.from_numpy(d["truth"])[None]) for p, d in zip(preds, loaded)]
                 rows += [(s.id, *d["size"]) for s, d in zip(batch, loaded)]
@@ -194,14 +219,26 @@ def _evaluate(checkpoint, samples: list, source: dict, out_dir, *, batch_size: i
         summary["micro"] = {"jaccard": float(metrics.jaccard(counts, "micro")),
                             "dice": float(metrics.dice(counts, "micro"))}
         if out_dir is not None:
-            write_csv(Path(out_dir) / "per_image.csv",
-                      metrics.per_image_rows([r[0] for r in rows], [r[1:] for r in rows], counts))
+            per_image = metrics.per_image_rows([r[0] for r in rows], [r[1:] for r in rows], counts)
+            write_csv(Path(out_dir) / "per_image.csv", per_image)
+            if overlay_dir is not None:
+                summary["contact_sheet"] = str(worst_sheet(Path(out_dir), per_image, overlay_dir, worst))
     elif out_dir is not None:  # never leave an earlier run's scores beside masks-only output
         (Path(out_dir) / "per_image.csv").unlink(missing_ok=True)
+    if overlay_dir is not None:
+        summary["overlays"] = str(overlay_dir)
     summary["seconds"] = round(time.perf_counter() - start, 3)
     if out_dir is not None:
         write_json(Path(out_dir) / "summary.json", summary)
     return summary
+
+
+def worst_sheet(out_dir: Path, per_image: list[dict], overlay_dir: Path, n: int) -> Path:
+    """OUT/worst.jpg: the overlays of the n lowest-Jaccard images (ties by id), worst first."""
+    order = sorted(per_image, key=lambda r: (r["jaccard"], r["id"]))[:max(1, n)]
+    tiles = [(overlay_dir / f"{r['id']}{OVERLAY_SUFFIX}", f"{r['id']}  Jaccard {r['jaccard']:.3f}") for r in order]
+    title = (f"The {len(tiles)} lowest-Jaccard of {len(per_image)} images - green: truth, magenta: prediction")
+    return contact_sheet(out_dir / SHEET_NAME, tiles, title=title)
 
 
 def summary_line(summary: dict, out_dir) -> str:
@@ -210,7 +247,10 @@ def summary_line(summary: dict, out_dir) -> str:
     head = f"evaluate: {summary['n_images']} {which}{' (TTA)' if summary['tta'] else ''}"
     scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
               if summary["macro"] else "no ground truth, masks only")
-    return f"{head}, {scores}, written to {out_dir} in {summary['seconds']:.0f} s"
+    extra = ""
+    if summary.get("overlays"):
+        extra = " with overlays" + (f" and the contact sheet {summary['contact_sheet']}" if summary.get("contact_sheet") else "")
+    return f"{head}, {scores}, written to {out_dir}{extra} in {summary['seconds']:.0f} s"
 
 
 def _check_inputs(args: argparse.Namespace) -> None:
@@ -247,11 +287,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
                         help="refuse image and mask files of more pixels than this, before decoding them "
                              f"(default {DEFAULT_MAX_PIXELS:,}: a guard against decompression bombs)")
+    parser.add_argument("--overlays", action="store_true",
+                        help="also write overlays/<id>_overlay.jpg (the image with the predicted outline, and the true "
+                             "one when masks are given) and, with masks, worst.jpg: a contact sheet of the worst images")
+    parser.add_argument("--worst", type=int, default=12, help="with --overlays and masks: images on the contact sheet")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     options = dict(batch_size=args.batch_size, device=args.device, tta=args.tta, progress=not args.quiet,
-                   image_size=args.image_size, max_pixels=args.max_pixels)
+                   image_size=args.image_size, max_pixels=args.max_pixels, overlays=args.overlays, worst=args.worst)
     try:
+        if args.worst < 1:
+            raise ProjectError(f"--worst must be at least 1, got {args.worst}")
         _check_inputs(args)
         if args.tta:
             print("evaluate: test-time augmentation is ON (mean logits of the image, its h-flip and v-flip)")

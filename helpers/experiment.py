@@ -26,7 +26,8 @@ from .folders import SOURCE_LABELS, SPLITS, DataWarning, data_warnings, warning_
 from .images import DEFAULT_MAX_PIXELS
 from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
-from .evaluate import evaluate_checkpoint
+from .evaluate import evaluate_checkpoint, evaluate_samples
+from .external import ExternalSet, check_readable, external_sets, parse_spec
 from .model import SegmentationModel, build_model, parameter_counts
 from .plots import live_loss_curve
 from .train import evaluate, fit, make_loader, resolve_device
@@ -70,6 +71,7 @@ class RunConfig:
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
     m3_select: str = "last"         # "last" epoch, or "best" validation Jaccard (needs a validation split)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
+    external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
 
     def __post_init__(self):
         if self.data not in SOURCES:
@@ -405,6 +407,67 @@ def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, re
     return runs
 
 
+def find_external(cfg: RunConfig, log=print) -> list[ExternalSet]:
+    """The run's external test sets (cfg.external; relative folders are under the project root),
+    paired and every file decoded, so that a folder that cannot be read fails before any training."""
+    spec = ",".join(f"{name}={_under_root(folder)}" if name else str(_under_root(folder))
+                    for name, folder in parse_spec(cfg.external))
+    sets = external_sets(spec)
+    check_readable(sets, cfg.max_pixels, log)
+    if not sets:
+        log("external test sets: none (EXTERNAL is empty)")
+    return sets
+
+
+EXTERNAL_JSON = "external.json"
+
+
+def score_external(cfg: RunConfig, name: str, runs: list[dict], sets: list[ExternalSet]) -> pd.DataFrame | None:
+    """Every seed of model ``name`` scores every external set once, at each image's original size.
+
+    Writes ``run_dir/name/seed<k>/external/<set>/`` (masks, per_image.csv, summary.json) and
+    ``run_dir/name/external.json`` (the sets, and per set the macro metrics per seed and their mean
+    and sd); returns the table the notebook shows (None, with the file removed, without sets)."""
+    record_path = cfg.run_path / name / EXTERNAL_JSON
+    if not sets:
+        record_path.unlink(missing_ok=True)
+        print("no external test set to score (EXTERNAL is empty)")
+        return None
+    record = {"sets": [s.record() for s in sets], "results": {}}
+    for s in sets:
+        per_seed = []
+        for run in runs:
+            folder = cfg.run_path / name / f"seed{run['seed']}"
+            source = {"data_dir": str(s.root), "split": None, "data_source": f"external test set {s.name}",
+                      "images_dir": str(s.root), "layout": s.layout, "pairing": s.detail}
+            summary = evaluate_samples(folder / "checkpoint.pt", list(s.samples), source, folder / "external" / s.slug,
+                                       batch_size=cfg.batch_size, device=cfg.device, progress=cfg.progress,
+                                       max_pixels=cfg.max_pixels)
+            per_seed.append({"seed": run["seed"], "macro": summary["macro"], "micro": summary["micro"]})
+        record["results"][s.slug] = {"name": s.name, "per_seed": per_seed, **seed_summary_of(per_seed)}
+    write_json(record_path, record)
+    rows = []
+    for s in sets:
+        res = record["results"][s.slug]
+        rows.append({"external test set": s.name, "layout": s.layout, "images": len(s.samples),
+                     **{f"{k} (original size)": mean_sd(res["macro"][k]) for k in ("jaccard", "dice")}})
+    in_domain = seed_summary([r["metrics"] for r in runs])["original"]
+    rows.append({"external test set": f"in-domain: {runs[0]['metrics']['data_source']}, "
+                                      f"{runs[0]['metrics']['scored_split']} split", "layout": "-",
+                 "images": len(runs[0]["original"]),
+                 **{f"{k} (original size)": mean_sd(in_domain[k]) for k in ("jaccard", "dice")}})
+    return pd.DataFrame(rows).set_index("external test set")
+
+
+def seed_summary_of(per_seed: list[dict]) -> dict:
+    """{"macro": {metric: {"mean", "std", "per_seed"}}} of per-seed {"macro": {...}} entries."""
+    out = {}
+    for k in metrics.METRICS:
+        v = [m["macro"][k] for m in per_seed]
+        out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v}
+    return {"macro": out}
+
+
 def seed_summary(per_seed: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds of every macro metric, per resolution."""
     out = {"seeds": [m["seed"] for m in per_seed], "name": per_seed[0]["name"],
@@ -440,13 +503,16 @@ MODEL_LABELS = {"model1_frozen": "Model 1", "model2_finetuned": "Model 2", "mode
 OBJECTIVES = {"bce_dice": "BCE + soft Dice"}  # training losses other than the report's BCE, as figures name them
 
 
-def loss_figure(runs: dict[str, dict], note: str, title: str):
-    """Loss curves of one run per model ({label: run}), each training curve naming its loss when it
-    is not the report's BCE (Model 3's recipe may add soft Dice)."""
+def loss_figure(runs: dict[str, dict | list[dict]], note: str, title: str):
+    """Loss curves per model ({label: run, or the runs of all its seeds}): the first seed drawn in
+    full, the other seeds faint behind it; each training curve names its loss when it is not the
+    report's BCE (Model 3's recipe may add soft Dice)."""
     from .plots import loss_curves
 
-    objectives = {label: OBJECTIVES.get((run["metrics"].get("recipe") or {}).get("loss")) for label, run in runs.items()}
-    return loss_curves({label: run["history"] for label, run in runs.items()}, note, title, objectives)
+    runs = {label: r if isinstance(r, list) else [r] for label, r in runs.items()}
+    objectives = {label: OBJECTIVES.get((r[0]["metrics"].get("recipe") or {}).get("loss")) for label, r in runs.items()}
+    others = {label: [run["history"] for run in r[1:]] for label, r in runs.items()}
+    return loss_curves({label: r[0]["history"] for label, r in runs.items()}, note, title, objectives, others)
 
 
 def ranked(rows: list[dict], n: int, best: bool) -> list[int]:
@@ -469,7 +535,13 @@ def load_result(run_dir: str | Path, name: str) -> dict:
                      "history": json.loads((sub / "history.json").read_text())["history"],
                      "per_image": read_csv(sub / "per_image.csv"),
                      "original": read_csv(sub / "original" / "per_image.csv")})
-    return {"summary": summary, "runs": runs}
+    external = None
+    if (folder / EXTERNAL_JSON).is_file():
+        external = json.loads((folder / EXTERNAL_JSON).read_text())
+        for slug, res in external["results"].items():
+            res["per_image"] = [read_csv(folder / f"seed{seed}" / "external" / slug / "per_image.csv")
+                                for seed in summary["seeds"]]
+    return {"summary": summary, "runs": runs, "external": external}
 
 
 def sanity_checks(result: dict) -> dict:

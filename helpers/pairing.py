@@ -71,10 +71,11 @@ def pair_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLike | N
     """Samples sorted by id: each image of ``images_dir`` with its mask ``<stem><mask_suffix>.*`` in
     ``masks_dir`` (no masks when ``masks_dir`` is None). Raises DataError naming unpaired files."""
     images_dir, suffix = Path(images_dir), mask_suffix.casefold()
-    if not mask_suffix:
-        raise DataError("the mask suffix is empty: masks are named <image stem><suffix>.<ext>, e.g. _lesion")
-    files = _scan(images_dir, "images")
     same = masks_dir is not None and Path(masks_dir).resolve() == images_dir.resolve()
+    if not mask_suffix and same:
+        raise DataError("the mask suffix is empty: masks in the images' own folder are named <image stem><suffix>.<ext>, "
+                        "e.g. _lesion (an empty suffix needs a separate masks folder)")
+    files = _scan(images_dir, "images")
     images = {k: p for k, p in files.items() if not (same and k.endswith(suffix))}
     if not images:
         raise DataError(f"{images_dir}: no images in this folder (any format PIL reads: .jpg, .png, .bmp, .tif, ...)")
@@ -82,7 +83,7 @@ def pair_folders(images_dir: str | os.PathLike, masks_dir: str | os.PathLike | N
         return sorted((Sample(p.stem, p, None) for p in images.values()), key=lambda s: s.id)
     masks_dir = Path(masks_dir)
     mask_files = files if same else _scan(masks_dir, "masks")
-    masks = {k[:-len(suffix)]: p for k, p in mask_files.items() if k.endswith(suffix)}
+    masks = {k[:len(k) - len(suffix)]: p for k, p in mask_files.items() if k.endswith(suffix)}
     misnamed = [] if same else [p for k, p in mask_files.items() if not k.endswith(suffix)]
     lonely_images = [images[k].name for k in sorted(set(images) - set(masks))]
     lonely_masks = [masks[k] for k in sorted(set(masks) - set(images))] + misnamed

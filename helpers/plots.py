@@ -104,11 +104,14 @@ def sample_grid(images: torch.Tensor, masks: torch.Tensor, ids: Sequence[str], n
 
 
 def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Training and test loss",
-                objectives: dict[str, str] | None = None) -> Figure:
+                objectives: dict[str, str] | None = None,
+                others: dict[str, list[list[dict]]] | None = None) -> Figure:
     """Report Figures 3 and 6 (one model) or the comparison (several): loss per epoch.
 
     The scored split's loss is always the BCE with logits; ``objectives`` names, per model, a
     training loss that is not (e.g. "BCE + soft Dice"), which its training curve then says.
+    ``others``: per model, the histories of its other seeds, drawn thin and faint behind it, so the
+    spread over seeds shows beside the first seed's curves.
     """
     fig = ReportFigure(figsize=(7, 4.2))
     ax = fig.subplots()
@@ -117,15 +120,45 @@ def loss_curves(histories: dict[str, list[dict]], note: str, title: str = "Train
         colour = f"C{i}"
         prefix = f"{name}: " if len(histories) > 1 else ""
         objective = (objectives or {}).get(name)
-        ax.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3, color=colour,
-                label=f"{prefix}train" + (f" ({objective})" if objective else ""))
         split = "test" if "test_loss" in history[0] else "val"
-        ax.plot(epochs, [row[f"{split}_loss"] for row in history], "--s", ms=3, color=colour,
+        extra = (others or {}).get(name) or []
+        for k, other in enumerate(extra):
+            label = f"{prefix}other seeds ({len(extra)})" if k == 0 else None
+            for key, style in (("train_loss", "-"), (f"{split}_loss", "--")):
+                ax.plot([row["epoch"] for row in other], [row[key] for row in other], style, color=colour, lw=0.9,
+                        alpha=0.3, label=label if key == "train_loss" else None, zorder=1)
+        ax.plot(epochs, [row["train_loss"] for row in history], "-o", ms=3, color=colour, zorder=2,
+                label=f"{prefix}train" + (f" ({objective})" if objective else ""))
+        ax.plot(epochs, [row[f"{split}_loss"] for row in history], "--s", ms=3, color=colour, zorder=2,
                 label=f"{prefix}{'test' if split == 'test' else 'validation'}")
+    if any((others or {}).values()):
+        title += "\nfirst seed; faint: the other seeds"
     ax.set(xlabel="epoch", ylabel="loss per pixel (BCE with logits)", title=title)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8 if len(histories) < 3 else 7)
     return _finish(fig, "", note)
+
+
+def generalization(points: list[dict], note: str, title: str) -> Figure:
+    """Mean Jaccard per data set (x) and model (colour), with its 95% interval over images as an
+    error bar and each seed's mean as a faint dot. points: {"model", "data set", "mean", "ci_low",
+    "ci_high", "per_seed"} each."""
+    fig = ReportFigure(figsize=(8, 4.4))
+    ax = fig.subplots()
+    sets = list(dict.fromkeys(p["data set"] for p in points))
+    models = list(dict.fromkeys(p["model"] for p in points))
+    width = 0.8 / max(1, len(models))
+    for m, model in enumerate(models):
+        for p in (p for p in points if p["model"] == model):
+            x = sets.index(p["data set"]) - 0.4 + width * (m + 0.5)
+            ax.errorbar([x], [p["mean"]], yerr=[[p["mean"] - p["ci_low"]], [p["ci_high"] - p["mean"]]], fmt="o",
+                        color=f"C{m}", capsize=4, ms=6, label=model if p["data set"] == sets[0] else None, zorder=2)
+            ax.plot([x] * len(p["per_seed"]), p["per_seed"], "_", color=f"C{m}", ms=12, alpha=0.5, zorder=1)
+    ax.set_xticks(range(len(sets)), [s.replace(": ", ":\n", 1) for s in sets], fontsize=8)
+    ax.set(ylabel="mean Jaccard, original size", ylim=(0, 1), title=title)
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=max(1, len(models)))
+    return _finish(fig, "", note + " | bars: 95% bootstrap interval over images; ticks: each seed's mean")
 
 
 def live_loss_curve(label: str, note: str, title: str, objective: str | None = None):

@@ -25,7 +25,9 @@ from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import DATA_WARNINGS, RunConfig, check_data, environment, resolve_source, write_data_warnings
+from .experiment import (DATA_WARNINGS, RunConfig, check_data, environment, find_external, resolve_source,
+                         write_data_warnings)
+from .external import parse_spec
 from .io import write_json, write_text
 from .model import load_encoder_features
 from .runlock import hold_run_folder
@@ -38,7 +40,7 @@ FIGURES = ("fig01_intensity_histograms.png", "fig02_samples.png", "fig03_model1_
            "fig04_model1_best.png", "fig05_model1_worst.png", "fig06_model2_loss.png",
            "fig07_model2_best.png", "fig08_model2_worst.png", "fig09_model3_loss.png", "fig10_model3_best.png",
            "fig11_model3_worst.png", "fig12_loss_comparison.png", "fig13_iou_scatter.png",
-           "fig14_iou_scatter_model3.png")
+           "fig14_iou_scatter_model3.png", "fig15_generalization.png")
 
 
 class NotebookFailed(ProjectError):
@@ -55,7 +57,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select, "MAX_PIXELS": cfg.max_pixels}
+            "M3_SELECT": cfg.m3_select, "MAX_PIXELS": cfg.max_pixels, "EXTERNAL": cfg.external}
 
 
 # The kernel's channels are encrypted (CurveZMQ keys made by jupyter_client for each kernel whose
@@ -111,10 +113,11 @@ def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
 def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
     """results.json: every model's headline numbers (mean, sd and per seed, at the working and the
     original resolution), settings, data source, device, versions, comparisons and figures."""
-    from .compare import paired_table
+    from .compare import generalization_table, paired_by_seed, paired_table
     from .experiment import load_result
 
     results = {name: load_result(cfg.run_path, name) for name in MODELS}
+    external = next((r["external"]["sets"] for r in results.values() if r.get("external")), [])
     models = {name: {k: v for k, v in r["summary"].items() if k not in ("name", "data_source")}
               for name, r in results.items()}
     first = results[MODELS[1]]["runs"][0]
@@ -122,6 +125,11 @@ def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
             "scored_split": first["metrics"].get("scored_split", "test"),
             "settings": notebook_parameters(cfg), "models": models,
             "paired_original_jaccard": paired_table(results).reset_index().to_dict(orient="records"),
+            "paired_original_jaccard_by_seed": paired_by_seed(results).reset_index().to_dict(orient="records"),
+            "external_sets": external,
+            "generalization_jaccard": generalization_table(results).reset_index().to_dict(orient="records"),
+            "external": {name: {s: {"name": v["name"], "macro": v["macro"]} for s, v in r["external"]["results"].items()}
+                         for name, r in results.items() if r.get("external")},
             "encoder_weights_used": first["metrics"]["model"]["encoder_weights_used"],
             "device": json.loads((cfg.run_path / MODELS[1] / f"seed{first['seed']}" / "history.json").read_text())[
                 "settings"]["device"],
@@ -164,6 +172,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     source, root, decision = resolve_source(cfg, log)  # downloads, or falls back to synthetic, or fails at once
     log(decision)
     found = check_data(cfg, root, log)
+    find_external(cfg, log)  # every external set paired and decoded: a bad folder fails here, before training
     if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
         log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
     if overwrite:
@@ -218,6 +227,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m3-schedule", choices=("constant", "cosine", "onecycle"), default=d.m3_schedule)
     p.add_argument("--m3-select", choices=("last", "best"), default=d.m3_select,
                    help="Model 3's weights: the last epoch's, or the best validation Jaccard's")
+    p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
+                   help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation (reported separately)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--encoder-weights", default="auto",
@@ -241,6 +252,12 @@ def main(argv: list[str] | None = None) -> int:
     if weights not in (None, "auto", "imagenet"):
         weights = str(Path(weights).expanduser().resolve())
     data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
+    try:  # external folders, like the data folder, are relative to where the command runs
+        external = ",".join(f"{name}={folder.resolve()}" if name else str(folder.resolve())
+                            for name, folder in parse_spec(args.external)) or None
+    except ProjectError as exc:
+        print("error: " + " ".join(str(exc).split()), file=sys.stderr)
+        return 1
     cfg = RunConfig(data=args.data, data_dir=data_dir, synthetic_train=args.synthetic_train,
                     synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, seeds=args.seeds, device=args.device,
@@ -248,7 +265,8 @@ def main(argv: list[str] | None = None) -> int:
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
-                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels)
+                    figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
+                    external=external)
     start = time.perf_counter()
     try:
         with hold_run_folder(cfg.run_path):  # a second run on this folder stops here, naming the first
@@ -266,6 +284,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"reproduce: {results['data_source']}, weights {results['encoder_weights_used']}, "
           f"{cfg.seeds} seed(s): {scores}; results in {cfg.run_path} (the notebooks' output in "
           f"{output_log(cfg.run_path).relative_to(cfg.run_path)}) in {time.perf_counter() - start:.0f} s")
+    for slug, first in next(iter(results["external"].values()), {}).items():
+        scores = ", ".join(f"model {i} Jaccard {results['external'][m][slug]['macro']['jaccard']['mean']:.3f}"
+                           for i, m in enumerate(MODELS, 1) if m in results["external"])
+        print(f"reproduce: external test set {first['name']} (original size): {scores}")
     if results.get("data_warnings"):
         print(f"reproduce: {results['data_warnings']} data warning(s); the ids are in {cfg.run_path / DATA_WARNINGS}")
     return 0

@@ -79,16 +79,40 @@ def main_args(tmp_path, *extra):
             "--cache-dir", p["CACHE_DIR"], *extra]
 
 
+def external_folders(root: Path, n: int = 5, seed: int = 7) -> dict:
+    """Two external test sets from the synthetic generator (another seed than the demo set's), in two
+    layouts: "ph2", PH2-like BMP files with their masks <id>_lesion.bmp in one folder, and "clinic",
+    an images/ folder of JPEGs with a masks/ folder of PNGs of the same names."""
+    from helpers.folders import list_split
+    from helpers.synthetic import write_synthetic_dataset
+
+    write_synthetic_dataset(root / "generated", n_train=1, n_test=n, seed=seed, source_size=(96, 72), progress=False)
+    ph2, clinic = root / "PH2-like", root / "clinic"
+    for folder in (ph2, clinic / "images", clinic / "masks"):
+        folder.mkdir(parents=True)
+    for k, sample in enumerate(list_split(root / "generated", "test"), 1):
+        with Image.open(sample.image) as img, Image.open(sample.mask) as mask:
+            img.convert("RGB").save(ph2 / f"IMD{k:03d}.bmp")
+            mask.convert("L").save(ph2 / f"IMD{k:03d}_lesion.bmp")
+            img.convert("RGB").save(clinic / "images" / f"case-{k}.jpg", quality=92)
+            mask.convert("L").save(clinic / "masks" / f"case-{k}.png")
+    return {"ph2": ph2, "clinic": clinic}
+
+
 @pytest.fixture(scope="session")
 def headless_run(tmp_path_factory):
-    """One tiny `python -m helpers.reproduce` (2 seeds, TTA) as a user runs it, in its own process: its
-    folder ``root``, run folder ``run`` and what it printed (``out``, ``err``), for the tests that read it."""
+    """One tiny `python -m helpers.reproduce` (2 seeds, TTA, two external test sets: PH2-like, named "PH2",
+    and the images/ + masks/ folder "clinic") as a user runs it, in its own process: its folder ``root``,
+    run folder ``run``, the external folders and what it printed (``out``, ``err``), for the tests that read it."""
     root = tmp_path_factory.mktemp("headless")
-    args = main_args(root, "--name", "t", "--seeds", "2", "--tta")
+    external = external_folders(root / "external")
+    args = main_args(root, "--name", "t", "--seeds", "2", "--tta", "--external",
+                     f"PH2={external['ph2']},{external['clinic']}")
     proc = subprocess.run([sys.executable, "-m", "helpers.reproduce", *args], capture_output=True, text=True,
                           timeout=900, env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args)
+    return SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args,
+                           external=external)
 
 
 def lab_api(base, token, path, method="GET"):

@@ -24,7 +24,8 @@ def tiny_parameters(tmp: Path) -> dict:
     return {"DATA": "synthetic", "DATA_DIR": str(tmp / "synthetic"), "SYNTHETIC_TRAIN": 16,
             "SYNTHETIC_TEST": 8, "IMAGE_SIZE": 64, "EPOCHS": 1, "BATCH_SIZE": 8, "LR": 0.001, "SEED": 0, "SEEDS": 1,
             "DEVICE": "cpu", "ENCODER_WEIGHTS": None, "MAX_PIXELS": 100_000_000, "RUN_DIR": str(tmp / "runs" / "tiny"),
-            "FIGURES_DIR": str(tmp / "figures"), "CACHE_DIR": str(tmp / "cache"), "TTA": False, "PROGRESS": False}
+            "FIGURES_DIR": str(tmp / "figures"), "CACHE_DIR": str(tmp / "cache"), "TTA": False, "PROGRESS": False,
+            "EXTERNAL": None}
 
 
 def parameterized_copies(tmp: Path) -> list[Path]:

@@ -195,7 +195,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
     images = _rendered_images(page, f"{NB} .jp-OutputArea-output img")
     assert len(images) == FIGURES[executed.name] and all(w > 0 and h > 0 for w, h in images), images
 
-    # report.html stands alone: opened from disk, its 14 figures render
+    # report.html stands alone: opened from disk, its 15 figures render
     page.goto((headless_run / "report.html").as_uri())
     images = _rendered_images(page, "img")
     assert len(images) == len(reproduce.FIGURES) and all(w > 0 and h > 0 for w, h in images), images

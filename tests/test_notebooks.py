@@ -61,7 +61,7 @@ def test_headless_pipeline_writes_every_output(headless_run, capsys):
     assert err == "", err
     lines = out.splitlines()
     assert [line.split(":")[0] for line in lines if ".ipynb: done in" in line] == list(reproduce.NOTEBOOKS)
-    assert len(lines) == len(reproduce.NOTEBOOKS) + 4, out  # + synthetic set, data decision, 2 summary lines
+    assert len(lines) == len(reproduce.NOTEBOOKS) + 8, out  # + synthetic set, data decision, 2 external sets, 4 summary lines
     run = tmp_path / "runs" / "t"
     log = reproduce.output_log(run).read_text()
     assert "epoch  1/1  train loss" in log and "==> 05_comparison.ipynb" in log  # what the notebooks printed
