@@ -412,8 +412,12 @@ def find_external(cfg: RunConfig, log=print) -> list[ExternalSet]:
     paired and every file decoded, so that a folder that cannot be read fails before any training."""
     spec = ",".join(f"{name}={_under_root(folder)}" if name else str(_under_root(folder))
                     for name, folder in parse_spec(cfg.external))
-    sets = external_sets(spec)
-    check_readable(sets, cfg.max_pixels, log)
+    with warnings.catch_warnings(record=True) as caught:  # files ignored, masks converted: one note each
+        warnings.simplefilter("always", DataWarning)
+        sets = external_sets(spec)
+        check_readable(sets, cfg.max_pixels, log)
+    for w in caught:
+        log(f"note: {w.message}")
     if not sets:
         log("external test sets: none (EXTERNAL is empty)")
     return sets

@@ -10,9 +10,12 @@ folder's name). Each folder is read in the first of these layouts that it has:
 - ``ph2``: the PH2 archive's own tree, ``<id>/<id>_Dermoscopic_Image/<id>.bmp`` with
   ``<id>/<id>_lesion/<id>_lesion.bmp`` (directly in DIR or in its ``PH2 Dataset images/``);
 - ``images+masks``: an ``images/`` and a ``masks/`` folder;
+- ``two folders``: exactly two folders of images, one of them named for masks (its name holds
+  "mask", "groundtruth", "ground_truth", "segmentation", "label" or "lesion"), as ISIC 2017 and 2018
+  ship them (``ISIC2018_Task1-2_Test_Input/`` with ``ISIC2018_Task1_Test_GroundTruth/``);
 - ``one folder``: images and masks side by side in DIR.
 
-In the last two, an image ``stem.ext`` pairs with the mask ``<stem><suffix>.ext`` (any format PIL
+In the last three, an image ``stem.ext`` pairs with the mask ``<stem><suffix>.ext`` (any format PIL
 reads, names compared case-insensitively, :mod:`helpers.pairing`). The suffix is read off the names:
 the part every mask adds to its image's stem, e.g. ``_lesion`` (PH2) or ``_segmentation`` (ISIC),
 or nothing at all when ``masks/`` repeats the image names. Masks that add different suffixes, an
@@ -31,7 +34,8 @@ from .folders import SPLITS, Sample, check_mask_size, list_split, load_sample
 from .images import DEFAULT_MAX_PIXELS, read_mask
 from .pairing import _scan as scan_images, pair_folders
 
-LAYOUTS = ("isic2016", "ph2", "images+masks", "one folder")
+LAYOUTS = ("isic2016", "ph2", "images+masks", "two folders", "one folder")
+MASK_FOLDER = re.compile(r"mask|ground.?truth|segmentation|label|lesion", re.IGNORECASE)
 PH2_SUBFOLDER = "PH2 Dataset images"
 
 
@@ -143,6 +147,19 @@ def _subfolder(root: Path, name: str) -> Path | None:
     return next((p for p in sorted(root.iterdir()) if p.is_dir() and p.name.casefold() == name), None)
 
 
+def _two_folders(root: Path) -> tuple[Path, Path] | None:
+    """(images, masks) when ``root`` holds exactly two folders of image files and one is named for masks."""
+    from .pairing import image_extensions
+
+    known = image_extensions()
+    folders = [p for p in sorted(root.iterdir()) if p.is_dir() and not p.name.startswith(".")
+               and any(f.suffix.lower() in known for f in p.iterdir() if f.is_file())]
+    masks = [p for p in folders if MASK_FOLDER.search(p.name)]
+    if len(folders) != 2 or len(masks) != 1:
+        return None
+    return next(p for p in folders if p != masks[0]), masks[0]
+
+
 def _paired(images_dir: Path, masks_dir: Path) -> tuple[list[Sample], str]:
     """Pairs of two folders (or of one, when they are the same), the suffix read off the names."""
     import warnings
@@ -178,6 +195,8 @@ def find_set(folder: Path, name: str | None = None) -> ExternalSet:
         if masks is None:
             raise DataError(f"{root}: external test set {name!r} has images/ but no masks/ folder beside it")
         layout, (samples, detail) = "images+masks", _paired(images, masks)
+    elif (pair := _two_folders(root)) is not None:
+        layout, (samples, detail) = "two folders", _paired(*pair)
     else:
         layout, (samples, detail) = "one folder", _paired(root, root)
     if not samples:

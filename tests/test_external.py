@@ -73,6 +73,20 @@ def test_a_suffix_is_read_off_the_names(tmp_path, folders):
     assert find_set(tmp_path / "b").detail == "masks <stem>_segmentation.*"
 
 
+def test_two_folders_as_isic_2018_ships_them(tmp_path, folders):
+    root = tmp_path / "isic2018"
+    images, masks = root / "ISIC2018_Task1-2_Test_Input", root / "ISIC2018_Task1_Test_GroundTruth"
+    images.mkdir(parents=True)
+    masks.mkdir()
+    for k, img in enumerate(sorted(folders["clinic"].glob("images/*.jpg"))):
+        shutil.copy(img, images / f"ISIC_{k:07d}.jpg")
+        shutil.copy(folders["clinic"] / "masks" / f"{img.stem}.png", masks / f"ISIC_{k:07d}_segmentation.png")
+    (images / "LICENSE.txt").write_text("CC-0")
+    with pytest.warns(UserWarning, match="ignored 1 file"):
+        s = find_set(root)
+    assert s.layout == "two folders" and s.detail == "masks <stem>_segmentation.*" and len(s.samples) == 4
+
+
 def test_stems_that_start_with_another_stem_still_pair(tmp_path):
     for stem in ("IMD1", "IMD10", "IMD100"):
         write = tmp_path / "set"
