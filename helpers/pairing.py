@@ -4,8 +4,8 @@
     clinic:  name.jpg    + name_mask.png          (suffix "_mask")
     ISIC:    ISIC_0000000.jpg + ISIC_0000000_Segmentation.png   (suffix "_Segmentation", the default)
 
-Any format PIL reads, by extension; other files (notes.txt, .DS_Store, Thumbs.db) are ignored with a
-warning. Stems, the suffix and extensions are compared case-insensitively; a sample's id is the
+Any format PIL reads, by extension; other files (notes.txt, .DS_Store, Thumbs.db) and ISIC 2017's
+superpixel maps (``<id>_superpixels.png``) are ignored with a warning. Stems, the suffix and extensions are compared case-insensitively; a sample's id is the
 image's stem exactly as written. Images and masks may share one folder. Unpaired files and two
 files of one stem are errors, never skipped.
 """
@@ -22,6 +22,7 @@ from .folders import DataWarning, Sample
 from .errors import DataError
 
 DEFAULT_MASK_SUFFIX = "_Segmentation"
+SUPERPIXELS = "_superpixels"  # ISIC 2017 ships these maps beside its images
 
 
 def image_extensions() -> set[str]:
@@ -34,10 +35,13 @@ def _scan(folder: Path, kind: str) -> dict[str, Path]:
     """Files of ``folder`` that PIL reads, by case-folded stem; others are ignored with a warning."""
     if not folder.is_dir():
         raise DataError(f"{folder}: {kind} folder not found")
-    known, found, ignored = image_extensions(), {}, []
+    known, found, ignored, superpixels = image_extensions(), {}, [], []
     for path in sorted(folder.iterdir()):
         if not path.is_file() or path.suffix.lower() not in known:
             ignored.append(path.name)
+            continue
+        if path.stem.casefold().endswith(SUPERPIXELS):
+            superpixels.append(path.name)
             continue
         key = path.stem.casefold()
         if key in found:
@@ -46,6 +50,9 @@ def _scan(folder: Path, kind: str) -> dict[str, Path]:
     if ignored:
         warnings.warn(f"{folder}: ignored {len(ignored)} file(s) that are not images PIL reads: {_listed(ignored)}",
                       DataWarning, stacklevel=3)
+    if superpixels:
+        warnings.warn(f"{folder}: ignored {len(superpixels)} ISIC superpixel map(s) (<id>{SUPERPIXELS}.png, not "
+                      f"dermoscopic images): {_listed(superpixels)}", DataWarning, stacklevel=3)
     return found
 
 

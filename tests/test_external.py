@@ -73,7 +73,7 @@ def test_a_suffix_is_read_off_the_names(tmp_path, folders):
     assert find_set(tmp_path / "b").detail == "masks <stem>_segmentation.*"
 
 
-def test_two_folders_as_isic_2018_ships_them(tmp_path, folders):
+def test_two_folders_as_isic_2017_and_2018_ship_them(tmp_path, folders):
     root = tmp_path / "isic2018"
     images, masks = root / "ISIC2018_Task1-2_Test_Input", root / "ISIC2018_Task1_Test_GroundTruth"
     images.mkdir(parents=True)
@@ -82,8 +82,12 @@ def test_two_folders_as_isic_2018_ships_them(tmp_path, folders):
         shutil.copy(img, images / f"ISIC_{k:07d}.jpg")
         shutil.copy(folders["clinic"] / "masks" / f"{img.stem}.png", masks / f"ISIC_{k:07d}_segmentation.png")
     (images / "LICENSE.txt").write_text("CC-0")
-    with pytest.warns(UserWarning, match="ignored 1 file"):
+    shutil.copy(images / "ISIC_0000000.jpg", images / "ISIC_0000000_superpixels.png")  # as ISIC 2017 ships them
+    with pytest.warns(UserWarning) as caught:
         s = find_set(root)
+    messages = sorted(str(w.message) for w in caught)
+    assert len(messages) == 2 and "ignored 1 file(s)" in messages[0] and "LICENSE.txt" in messages[0]
+    assert "ignored 1 ISIC superpixel map(s)" in messages[1] and "ISIC_0000000_superpixels.png" in messages[1]
     assert s.layout == "two folders" and s.detail == "masks <stem>_segmentation.*" and len(s.samples) == 4
 
 
