@@ -86,8 +86,8 @@ def test_two_folders_as_isic_2017_and_2018_ship_them(tmp_path, folders):
     with pytest.warns(UserWarning) as caught:
         s = find_set(root)
     messages = sorted(str(w.message) for w in caught)
-    assert len(messages) == 2 and "ignored 1 file(s)" in messages[0] and "LICENSE.txt" in messages[0]
-    assert "ignored 1 ISIC superpixel map(s)" in messages[1] and "ISIC_0000000_superpixels.png" in messages[1]
+    assert len(messages) == 2 and "ignored 1 file(s)" in messages[1] and "LICENSE.txt" in messages[1]
+    assert "ignored 1 ISIC superpixel map(s)" in messages[0] and "ISIC_0000000_superpixels.png" in messages[0]
     assert s.layout == "two folders" and s.detail == "masks <stem>_segmentation.*" and len(s.samples) == 4
 
 
