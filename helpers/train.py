@@ -268,6 +268,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
     best: dict = {}
+    if ema:
+        _precision(model, dev, amp, channels_last)  # the averages take the memory format training will use
     averager = recipe.WeightAverage(model, ema) if ema else None
     if out_dir is not None:
         history, finished, extra = checkpoint.start_or_resume(out_dir, model, optimizer, generator, settings,

@@ -157,3 +157,10 @@ def test_select_ema_keeps_the_average_and_other_decays_are_refused(splits, tmp_p
     assert all(torch.equal(v.cpu(), ckpt["model"][k]) for k, v in model.state_dict().items())
     with pytest.raises(RunStateError, match="ema '0.995' saved, '0.9' now"):
         _fit(*splits, tmp_path, epochs=2, select="ema", ema=(0.9,))
+
+
+def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
+    plain, h_plain = _fit(*splits, tmp_path / "plain", epochs=2, select="last")
+    tracked, h_tracked = _fit(*splits, tmp_path / "tracked", epochs=2, select="last", ema=(0.9,))
+    assert _strip(h_plain) == _strip(h_tracked)
+    assert all(torch.equal(v, tracked.state_dict()[k]) for k, v in plain.state_dict().items())
