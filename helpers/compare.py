@@ -118,18 +118,33 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
             rows.append({"method": f"{MODELS[name]} - ours with flip TTA", "jaccard": _fmt(res, "original_tta", "jaccard"),
                          "dice": _fmt(res, "original_tta", "dice"), "accuracy": _fmt(res, "original_tta", "accuracy"),
                          "conditions": conditions + "; mean logits of the image and its two flips"})
+        rows += _ensemble_rows(name, res)
     rows += [{k: p.get(k, "-") for k in CHALLENGE_COLUMNS} for p in PUBLISHED]
     return pd.DataFrame(rows, columns=CHALLENGE_COLUMNS).set_index("method")
 
 
-def _our_conditions(result: dict) -> str:
+def _ensemble_rows(name: str, result: dict) -> list[dict]:
+    """The rows of a model's seeds scored as one ensemble (M3_ENSEMBLE), when they were: one number each."""
+    ensemble, rows = result["summary"].get("ensemble"), []
+    for key, what in (("original", ""), ("original_tta", " with flip TTA")):
+        if ensemble and key in ensemble:
+            seeds = "+".join(map(str, ensemble["seeds"]))
+            rows.append({"method": f"{MODELS[name]} - ours, seeds {seeds} as one ensemble{what}",
+                         **{k: f"{ensemble[key][k]:.4f}" for k in ("jaccard", "dice", "accuracy")},
+                         "conditions": _our_conditions(result, ensemble=True)
+                         + ("; mean logits of the image and its two flips" if what else "")})
+    return rows
+
+
+def _our_conditions(result: dict, ensemble: bool = False) -> str:
     """How one of our models was measured: the scored split, the working size, the seeds, the recipe."""
     first = result["runs"][0]["metrics"]
     recipe = first.get("recipe") or {}
     seeds = len(result["runs"])
+    spread = (f"one ensemble of {seeds} seeds (their mean probability)" if ensemble else
+              f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed")
     text = (f"{first.get('n_test', '?')} {first.get('scored_split', 'test')} images, the model at "
-            f"{first.get('resolution', '?')}, scored at each image's original size; "
-            f"{'mean ± sd over ' + str(seeds) + ' seeds' if seeds > 1 else 'one seed'}")
+            f"{first.get('resolution', '?')}, scored at each image's original size; {spread}")
     if recipe.get("epochs"):
         text += f"; {recipe['epochs']} epochs"
     if recipe.get("select") not in (None, "last"):

@@ -31,3 +31,31 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
 def test_the_challenge_table_without_results_still_shows_the_published_rows():
     table = compare.challenge_table({})
     assert len(table) == len(compare.PUBLISHED) and "conditions" in table.columns
+
+
+def test_model3_seeds_scored_as_one_ensemble_reach_the_summary_and_the_challenge_table(tmp_path, train_only):
+    import json
+
+    import pytest
+
+    from helpers import experiment
+
+    with pytest.raises(ValueError, match="needs seeds >= 2"):
+        experiment.RunConfig(m3_ensemble=True)
+    c = experiment.RunConfig(data="auto", data_dir=str(train_only), image_size=32, epochs=1, seeds=2, tta=True,
+                             m3_ensemble=True, encoder_weights=None, run_dir=str(tmp_path / "run"),
+                             cache_dir=str(tmp_path / "cache"), progress=False, device="cpu")
+    d = experiment.prepare_data(c, log=lambda line: None)
+    model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
+    experiment.train_seeds(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
+    summary = json.loads((tmp_path / "run" / "model3_unet" / "summary.json").read_text())
+    ensemble = summary["ensemble"]
+    assert ensemble["seeds"] == [0, 1] and {"original", "original_tta"} <= set(ensemble)
+    scored = (tmp_path / "run" / "model3_unet" / "ensemble" / "original" / "per_image.csv").read_text()
+    assert sorted(line.split(",")[0] for line in scored.splitlines()[1:]) == sorted(d.val.ids)
+    table = compare.challenge_table(compare.available_results(tmp_path / "run", log=None))
+    rows = [m for m in table.index if "as one ensemble" in m]
+    assert rows == ["Model 3 (fine-tuned, U-Net decoder) - ours, seeds 0+1 as one ensemble",
+                    "Model 3 (fine-tuned, U-Net decoder) - ours, seeds 0+1 as one ensemble with flip TTA"]
+    assert table.loc[rows[0], "jaccard"] == f"{ensemble['original']['jaccard']:.4f}"
+    assert "one ensemble of 2 seeds" in table.loc[rows[0], "conditions"]
