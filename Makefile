@@ -18,6 +18,7 @@ DEVICE ?= auto
 ENCODER_WEIGHTS ?= auto
 NAME ?= default
 TTA ?=
+M3_ENSEMBLE ?=
 # Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, VAL_FRACTION, SPLIT_SEED,
 # ISIC_URL, MAX_PIXELS, EXTERNAL, M3_IMAGE_SIZE, M3_EPOCHS, M3_AUGMENT (on|off), M3_LOSS, M3_SCHEDULE, M3_SELECT.
 OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_IMAGE_SIZE M3_EPOCHS M3_AUGMENT M3_LOSS M3_SCHEDULE M3_SELECT
@@ -38,7 +39,7 @@ venv: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --seeds $(SEEDS) --device $(DEVICE) \
-	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) \
+	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) $(if $(M3_ENSEMBLE),--m3-ensemble) \
 	  $(foreach v,$(OPTIONAL),$(call option,$(v))) $(REPRODUCE_ARGS)
 
 test: $(STAMP)

@@ -10,8 +10,16 @@ split, when the folder has one, is never read. A variant is a recipe (see :data:
 the last epoch's weights; the history gives, for free, what choosing the best validation epoch would
 have scored (an optimistic number, since it is chosen on the same images).
 
-Writes ``OUT/<variant>/seed<k>/`` (the training, resumable and reused like any other) and
-``OUT/ablation.json`` and ``OUT/ablation.md`` (the table); prints the table.
+Four more scores come free with the same trainings (no training of their own): each training is also
+scored with flip test-time augmentation (TTA); it keeps moving averages of its weights
+(:data:`EMA_DECAYS`, updated after every step, which does not change the training itself), each
+scored as a row ``<variant> +ema<decay>``; and the seeds of a variant are scored together as one
+ensemble (the mean of their probabilities), a row ``<variant> ensemble``: one number over the seeds,
+with no spread.
+
+Writes ``OUT/<variant>/seed<k>/`` (the training, resumable and reused like any other, with its
+scores in ``original/``, ``original_tta/`` and ``ema<decay>/``), ``OUT/<variant>/ensemble/`` and
+``OUT/ablation-<variants>.json`` and ``.md`` (the table); prints the table.
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ import argparse
 import json
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +40,7 @@ from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .experiment import subset
 from .folders import SPLITS, list_split
-from .io import write_json, write_text
+from .io import atomic_path, write_json, write_text
 from .model import build_model
 from .splits import holdout, split_record, write_split
 from .train import fit
@@ -49,8 +58,10 @@ VARIANTS = {
     "full@192": {**FULL, "image_size": 192},
     "full@256": {**FULL, "image_size": 256},
     "full-40ep": {**FULL, "epochs": 40},
+    "full-50ep": {**FULL, "epochs": 50},
     "full-15ep": {**FULL, "epochs": 15},
 }
+EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
 
 def parse_variant(text: str) -> tuple[str, dict]:
@@ -80,29 +91,70 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     folder = out / name / f"seed{seed}"
     history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
-                  augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None)
-    scored = evaluate_checkpoint(folder / "checkpoint.pt", root, "train", folder / "original", batch_size=batch_size,
-                                 device=device, progress=False, ids=split["validation_ids"])
+                  augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS)
+    t0 = time.perf_counter()
+    score = partial(_score, root=root, ids=split["validation_ids"], batch_size=batch_size, device=device)
+    scores = score(folder / "checkpoint.pt", folder)
+    ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    averages = {}
+    for decay, state in zip(ckpt["ema"]["decays"], ckpt["ema"]["averages"]):
+        path = folder / f"ema{decay}" / "checkpoint.pt"  # the average as a checkpoint of its own
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(path) as tmp:
+            torch.save({**{k: v for k, v in ckpt.items() if k != "ema"}, "model": state}, tmp)
+        averages[str(decay)] = score(path, path.parent)
     best = max(history, key=lambda row: row["val_iou"])
     return {"variant": name, "seed": seed, "recipe": r, "weights": model.config["encoder_weights_used"],
-            "val_jaccard": scored["macro"]["jaccard"], "val_dice": scored["macro"]["dice"],
+            **scores, "ema": averages, "score_seconds": time.perf_counter() - t0,
             "val_jaccard_last_epoch_working": history[-1]["val_iou"],
             "val_jaccard_best_epoch_working": best["val_iou"], "best_epoch": best["epoch"],
             "train_seconds": sum(row["seconds"] for row in history),
             "val_jaccard_per_epoch_working": [row["val_iou"] for row in history]}
 
 
-def table(runs: list[dict]) -> list[dict]:
-    """One row per variant: mean and sd over seeds of each figure."""
+def _score(checkpoint, folder: Path, *, root: Path, ids: list[str], batch_size: int, device: str) -> dict:
+    """Validation Jaccard and Dice at the original size of one checkpoint (or a list: an ensemble),
+    without and with flip TTA, written to ``folder/original`` and ``folder/original_tta``."""
+    out = {}
+    for key, tta in (("", False), ("_tta", True)):
+        s = evaluate_checkpoint(checkpoint, root, "train", folder / f"original{key}", batch_size=batch_size,
+                                device=device, tta=tta, progress=False, ids=ids)
+        out |= {f"val_jaccard{key}": s["macro"]["jaccard"], f"val_dice{key}": s["macro"]["dice"]}
+    return out
+
+
+def ensemble(name: str, mine: list[dict], out: Path, **score) -> dict:
+    """The seeds of one variant scored as one ensemble (mean probability): one number, no spread."""
+    folder = out / name / "ensemble"
+    checkpoints = [out / name / f"seed{r['seed']}" / "checkpoint.pt" for r in mine]
+    return {"variant": f"{name} ensemble", "recipe": mine[0]["recipe"], "seeds": [r["seed"] for r in mine],
+            **_score(checkpoints, folder, **score), "train_seconds": sum(r["train_seconds"] for r in mine)}
+
+
+SCORED = ("val_jaccard", "val_jaccard_tta", "val_dice", "val_jaccard_last_epoch_working",
+          "val_jaccard_best_epoch_working", "train_seconds")
+
+
+def _row(name: str, recipe: dict, mine: list[dict]) -> dict:
+    row = {"variant": name, "recipe": recipe, "seeds": [r["seed"] for r in mine]}
+    for key in (k for k in SCORED if k in mine[0]):
+        v = np.array([r[key] for r in mine], dtype=float)
+        row[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+    return row
+
+
+def table(runs: list[dict], ensembles: list[dict] = ()) -> list[dict]:
+    """Per variant: one row (mean and sd over seeds of each figure), one per moving average of its
+    weights (the same trainings), and its ensemble's row when it has one."""
     rows = []
     for name in dict.fromkeys(r["variant"] for r in runs):
         mine = [r for r in runs if r["variant"] == name]
-        row = {"variant": name, "recipe": mine[0]["recipe"], "seeds": [r["seed"] for r in mine]}
-        for key in ("val_jaccard", "val_dice", "val_jaccard_last_epoch_working", "val_jaccard_best_epoch_working",
-                    "train_seconds"):
-            v = np.array([r[key] for r in mine], dtype=float)
-            row[key] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
-        rows.append(row)
+        rows.append(_row(name, mine[0]["recipe"], mine))
+        for decay in mine[0].get("ema", {}):
+            scored = [{"seed": r["seed"], "train_seconds": r["train_seconds"], **r["ema"][decay]} for r in mine]
+            rows.append(_row(f"{name} +ema{decay}", {**mine[0]["recipe"], "ema": float(decay)}, scored))
+        rows += [{**e, "ensemble": True, **{k: {"mean": e[k], "sd": None} for k in SCORED if k in e}}
+                 for e in ensembles if e["variant"] == f"{name} ensemble"]
     return rows
 
 
@@ -113,7 +165,8 @@ def epoch_rows(runs: list[dict]) -> list[dict]:
     """Validation Jaccard (working size) after k epochs, for the variants with a constant learning rate:
     there the first k epochs of a run are exactly a k-epoch run, so one run measures every k."""
     rows = []
-    for name in dict.fromkeys(r["variant"] for r in runs if r["recipe"]["schedule"] == "constant"):
+    for name in dict.fromkeys(r["variant"] for r in runs if r["recipe"]["schedule"] == "constant"
+                              and "val_jaccard_per_epoch_working" in r):
         mine = [r for r in runs if r["variant"] == name]
         n = min(len(r["val_jaccard_per_epoch_working"]) for r in mine)
         row = {"variant": name}
@@ -126,15 +179,20 @@ def epoch_rows(runs: list[dict]) -> list[dict]:
 
 def markdown(rows: list[dict], header: str, by_epoch: list[dict] = ()) -> str:
     def ms(v, digits=3):
-        return f"{v['mean']:.{digits}f} ± {v['sd']:.{digits}f}"
+        if v is None:
+            return "-"
+        return f"{v['mean']:.{digits}f}" + ("" if v["sd"] is None else f" ± {v['sd']:.{digits}f}")
 
-    lines = [header, "", "| variant | recipe | seeds | val Jaccard (original size) | val Dice | best-epoch val Jaccard "
-             "(working size, optimistic) | training min per seed |", "| --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [header, "", "| variant | recipe | seeds | val Jaccard (original size) | with flip TTA | val Dice | "
+             "best-epoch val Jaccard (working size, optimistic) | training min per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
-        minutes = {k: v / 60 for k, v in r["train_seconds"].items()}
-        lines.append(f"| {r['variant']} | {recipe} | {len(r['seeds'])} | {ms(r['val_jaccard'])} | {ms(r['val_dice'])} | "
-                     f"{ms(r['val_jaccard_best_epoch_working'])} | {ms(minutes, 1)} |")
+        seeds = f"{'+'.join(map(str, r['seeds']))} (one ensemble)" if r.get("ensemble") else len(r["seeds"])
+        minutes = {k: v / 60 / (len(r["seeds"]) if r.get("ensemble") else 1) if v is not None else None
+                   for k, v in r["train_seconds"].items()}
+        lines.append(f"| {r['variant']} | {recipe} | {seeds} | {ms(r['val_jaccard'])} | {ms(r.get('val_jaccard_tta'))} | "
+                     f"{ms(r['val_dice'])} | {ms(r.get('val_jaccard_best_epoch_working'))} | {ms(minutes, 1)} |")
     shown = [k for k in EPOCHS_SHOWN if any(k in r for r in by_epoch)]
     if shown:
         lines += ["", "Validation Jaccard (working size) after k epochs, constant learning rate:", "",
@@ -168,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
         ids = [sample.id for sample in list_split(args.data_dir, "train")]
         split = split_record(*holdout(ids, args.val_fraction, args.split_seed), args.val_fraction, args.split_seed)
         write_split(args.out, split)
-        runs, decoded = [], {}  # working size -> the training split, decoded once
+        runs, ensembles, decoded = [], [], {}  # working size -> the training split, decoded once
         for name, recipe in variants:
             size = {**BASE, **recipe}["image_size"]
             if size not in decoded:
@@ -179,18 +237,28 @@ def main(argv: list[str] | None = None) -> int:
                                   batch_size=args.batch_size, lr=args.lr, device=args.device,
                                   progress=not args.quiet)
                 runs.append(run)
-                print(f"{name} seed {seed}: val Jaccard {run['val_jaccard']:.4f} (original size), trained in "
-                      f"{run['train_seconds'] / 60:.1f} min ({time.perf_counter() - t0:.0f} s with scoring)", flush=True)
+                print(f"{name} seed {seed}: val Jaccard {run['val_jaccard']:.4f} (original size; flip TTA "
+                      f"{run['val_jaccard_tta']:.4f}; " + ", ".join(f"ema {d} {v['val_jaccard']:.4f}" for d, v in
+                                                                  run["ema"].items()) +
+                      f"), trained in {run['train_seconds'] / 60:.1f} min ({time.perf_counter() - t0:.0f} s with "
+                      "scoring)", flush=True)
+            mine = [r for r in runs if r["variant"] == name]
+            if len(mine) > 1:
+                ensembles.append(ensemble(name, mine, args.out, root=args.data_dir, ids=split["validation_ids"],
+                                          batch_size=args.batch_size, device=args.device))
+                print(f"{name}, seeds {args.seeds} as one ensemble: val Jaccard {ensembles[-1]['val_jaccard']:.4f} "
+                      f"(flip TTA {ensembles[-1]['val_jaccard_tta']:.4f})", flush=True)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1
-    rows = table(runs)
+    rows = table(runs, ensembles)
     header = (f"Model 3 ablation on {args.data_dir.name}: {split['n_train']} training / {split['n_validation']} "
               f"validation images ({args.val_fraction:.0%} split, split seed {args.split_seed}), encoder weights "
               f"{runs[0]['weights']}, seeds {args.seeds}, {torch.get_num_threads()} CPU thread(s)"
               if runs else "no runs")
     text = markdown(rows, header, epoch_rows(runs))
-    write_json(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.json", {"header": header, "rows": rows, "runs": runs})
+    write_json(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.json",
+               {"header": header, "rows": rows, "runs": runs, "ensembles": ensembles})
     write_text(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.md", text)
     print(text)
     return 0

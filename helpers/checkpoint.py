@@ -30,9 +30,9 @@ STATE = "last.pt"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 COMPARED = ("image_size", "epochs", "batch_size", "lr", "seed", "optimizer", "loss", "n_train", "n_test",
-            "eval_split", "select", "augment", "schedule")
+            "eval_split", "select", "augment", "schedule", "ema")
 # what a run saved before a setting existed did: the report's recipe, scored on the test split
-SAVED_DEFAULTS = {"eval_split": "test", "select": "last", "augment": "off", "schedule": "constant"}
+SAVED_DEFAULTS = {"eval_split": "test", "select": "last", "augment": "off", "schedule": "constant", "ema": "off"}
 
 
 def rng_states(generator: torch.Generator) -> dict:
@@ -136,16 +136,17 @@ def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: to
 
 
 def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, history: list[dict],
-             selected_epoch: int | None = None) -> None:
+             selected_epoch: int | None = None, averages: dict | None = None) -> None:
     """history.json and checkpoint.pt (weights, model config, settings, history and the epoch whose
-    weights these are), atomically; then removes last.pt, which the finished run no longer needs."""
+    weights these are; with ``averages``, the moving averages of the weights under "ema"),
+    atomically; then removes last.pt, which the finished run no longer needs."""
     out_dir = Path(out_dir)
     selected = selected_epoch or len(history)
     write_json(out_dir / HISTORY, {"settings": settings, "model": model.config, "history": history,
                                    "selected_epoch": selected})
     with atomic_path(out_dir / CHECKPOINT) as tmp:
         torch.save({"model": cpu_state(model), "config": model.config, "settings": settings, "history": history,
-                    "selected_epoch": selected}, tmp)
+                    "selected_epoch": selected, **({"ema": averages} if averages else {})}, tmp)
     (out_dir / STATE).unlink(missing_ok=True)
 
 

@@ -27,7 +27,9 @@ height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
 
 The image size comes from ``--image-size``, else ``ckpt["settings"]["image_size"]``, else 128 (the
 report's size); summary.json records which ("image_size_source"). ``--tta`` averages the logits of
-the image and of its horizontal and vertical flips (flipped back); it is off by default.
+the image and of its horizontal and vertical flips (flipped back); it is off by default. Several
+checkpoints (``--checkpoint A B ...``) are scored as one ensemble: the mean of their probabilities
+at the original size, binarised at 0.5.
 """
 
 from __future__ import annotations
@@ -103,6 +105,19 @@ def _write_png(path: Path, mask: np.ndarray) -> None:
         Image.fromarray(mask.astype(np.uint8) * 255, mode="L").save(tmp, format="PNG")
 
 
+def ensemble_masks(models: list, images: torch.Tensor, sizes: list, tta: bool = False) -> list[torch.Tensor]:
+    """uint8 B x 3 x S x S -> one bool H x W mask per image at its original size (H, W) (CPU).
+
+    One model: its logits upsampled and binarised at 0 (probability 0.5). Several: the mean of their
+    probabilities (sigmoid of each model's upsampled logits), binarised at 0.5.
+    """
+    logits = [predict_logits(m, images, tta) for m in models]
+    if len(models) == 1:
+        return [metrics.binarize_logits(upsample(lg, size)[0]).cpu() for lg, size in zip(logits[0], sizes)]
+    return [(torch.stack([torch.sigmoid(upsample(lg[i], size)[0]) for lg in logits]).mean(0) >= 0.5).cpu()
+            for i, size in enumerate(sizes)]
+
+
 def _open_model(checkpoint: Path, device: torch.device):
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: checkpoint file not found")
@@ -119,6 +134,7 @@ def evaluate_checkpoint(checkpoint, data_dir, split: str = "test", out_dir=None,
                         max_pixels: int = DEFAULT_MAX_PIXELS, overlays: bool = False, worst: int = 12) -> dict:
     """Predict every image of ``split`` at its original size; score it when ground truth exists.
 
+    checkpoint: one path, or a list of paths scored as one ensemble (:func:`ensemble_masks`).
     ids: only these images of the split (e.g. a validation split held out of the training split);
     an id the split does not hold is an error.
 
@@ -172,15 +188,21 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
     """Predict and score ``samples`` (helpers.folders.Sample, all with masks or none); ``source``
     (where they come from) goes into the summary. ``overlays`` (needs ``out_dir``) writes the
     outline pictures and, with masks, the contact sheet of the ``worst`` lowest-Jaccard images."""
-    start, checkpoint = time.perf_counter(), Path(checkpoint)
+    start = time.perf_counter()
+    checkpoints = [Path(c) for c in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
     if batch_size < 1:
         raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
     try:
         dev = resolve_device(device)
     except RuntimeError as exc:
         raise ProjectError(str(exc)) from exc
-    model, ckpt = _open_model(checkpoint, dev)
+    opened = [_open_model(c, dev) for c in checkpoints]
+    models, ckpt = [m for m, _ in opened], opened[0][1]
     settings = ckpt.get("settings", {})
+    sizes = {c.get("settings", {}).get("image_size") for _, c in opened}
+    if len(sizes) > 1 and not image_size:
+        raise ProjectError(f"the ensemble's checkpoints were trained at different sizes ({sorted(map(str, sizes))}): "
+                           "give the input size (--image-size)")
     size_source = "argument" if image_size else "checkpoint" if settings.get("image_size") else "default"
     image_size = int(image_size or settings.get("image_size") or DEFAULT_IMAGE_SIZE)
     has_truth = samples[0].mask is not None
@@ -197,8 +219,7 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
             batch = samples[i:i + batch_size]
             loaded = list(pool.map(partial(_load, image_size=image_size, max_pixels=max_pixels, original=overlays),
                                    batch))
-            logits = predict_logits(model, torch.stack([d["image"] for d in loaded]), tta)
-            preds = [metrics.binarize_logits(upsample(lg, d["size"])[0]).cpu() for d, lg in zip(loaded, logits)]
+            preds = ensemble_masks(models, torch.stack([d["image"] for d in loaded]), [d["size"] for d in loaded], tta)
             if mask_dir is not None:  # bool H x W each, encoded in parallel
                 list(pool.map(_write_png, [mask_dir / f"{s.id}{MASK_SUFFIX}" for s in batch],
                               [p.numpy() for p in preds]))
@@ -210,7 +231,8 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
                 rows += [(s.id, *d["size"]) for s, d in zip(batch, loaded)]
             bar.update(len(batch))
     summary = {"n_images": len(samples), "ground_truth": has_truth, "macro": None, "micro": None,
-               "checkpoint": str(checkpoint), **source,
+               "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints],
+               "ensemble": len(checkpoints), **source,
                "image_size": image_size, "image_size_source": size_source, "tta": bool(tta),
                "resolution": "original", "model": ckpt.get("config"), "settings": settings}
     if has_truth:
@@ -271,7 +293,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; returns the exit status (1 with one 'error:' line on a ProjectError)."""
     parser = argparse.ArgumentParser(prog="python -m helpers.evaluate", description=__doc__.splitlines()[0])
-    parser.add_argument("--checkpoint", required=True, type=Path, help="checkpoint.pt written by training")
+    parser.add_argument("--checkpoint", required=True, type=Path, nargs="+",
+                        help="checkpoint.pt written by training; several: scored as one ensemble (mean probability)")
     parser.add_argument("--data-dir", type=Path, help="a folder in the ISIC 2016 Part 1 layout")
     parser.add_argument("--split", choices=("train", "test"), help="with --data-dir (default: test)")
     parser.add_argument("--images", type=Path, help="instead of --data-dir: a folder of images (any format PIL reads)")

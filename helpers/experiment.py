@@ -70,6 +70,7 @@ class RunConfig:
     m3_loss: str = "bce_dice"       # "bce" or "bce_dice"
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
     m3_select: str = "last"         # "last" epoch, or "best" validation Jaccard (needs a validation split)
+    m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
 
@@ -79,6 +80,9 @@ class RunConfig:
         for name in ("image_size", "epochs", "batch_size", "seeds", "m3_image_size", "m3_epochs", "max_pixels"):
             if getattr(self, name) is not None and int(getattr(self, name)) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
+        if self.m3_ensemble and self.seeds < 2:
+            raise ValueError(f"m3_ensemble scores the seeds of Model 3 as one ensemble, so it needs seeds >= 2, "
+                             f"got seeds={self.seeds}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
         for name, allowed in (("m3_loss", ("bce", "bce_dice")), ("m3_schedule", ("constant", "cosine", "onecycle")),
@@ -334,7 +338,8 @@ REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "selec
 def model3_recipe(cfg: RunConfig) -> dict:
     """Model 3's training recipe from the run's settings (working size, epochs and the ingredients)."""
     return {"image_size": cfg.m3_image_size or cfg.image_size, "epochs": cfg.m3_epochs or cfg.epochs,
-            "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select}
+            "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
+            "ensemble": cfg.m3_ensemble}
 
 
 def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
@@ -395,7 +400,8 @@ def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, re
     """:func:`train_and_evaluate` for seeds cfg.seed .. cfg.seed + cfg.seeds - 1.
 
     ``model`` is trained for the first seed; each further seed gets a fresh model of the same
-    kind, initialised under that seed. Writes ``run_dir/name/summary.json`` (mean and spread).
+    kind, initialised under that seed. Writes ``run_dir/name/summary.json`` (mean and spread; with
+    ``recipe["ensemble"]``, also the seeds scored as one ensemble: :func:`score_ensemble`).
     """
     runs = [train_and_evaluate(cfg, d, model, name, cfg.seed, recipe)]
     for seed in range(cfg.seed + 1, cfg.seed + cfg.seeds):
@@ -403,7 +409,10 @@ def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, re
         fresh = build_model(model.config["freeze_encoder"], encoder_weights=cfg.encoder_weights,
                             decoder=model.config["decoder"], progress=False)
         runs.append(train_and_evaluate(cfg, d, fresh, name, seed, recipe))
-    write_json(cfg.run_path / name / "summary.json", seed_summary([r["metrics"] for r in runs]))
+    summary = seed_summary([r["metrics"] for r in runs])
+    if (recipe or {}).get("ensemble"):
+        summary["ensemble"] = score_ensemble(cfg, d, name, [r["seed"] for r in runs])
+    write_json(cfg.run_path / name / "summary.json", summary)
     return runs
 
 
@@ -470,6 +479,25 @@ def seed_summary_of(per_seed: list[dict]) -> dict:
         v = [m["macro"][k] for m in per_seed]
         out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v}
     return {"macro": out}
+
+
+def score_ensemble(cfg: RunConfig, d: Data, name: str, seeds: list[int]) -> dict:
+    """The seeds' checkpoints scored as one model at each image's original size: the mean of their
+    probabilities, binarised at 0.5 (:func:`helpers.evaluate.ensemble_masks`), with flip TTA too
+    when cfg.tta. Writes ``run_dir/name/ensemble/original[_tta]/``; returns {"seeds", "original": macro
+    metrics, ["original_tta": ...]} and prints one line."""
+    folder = cfg.run_path / name
+    split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
+    out = {"seeds": seeds}
+    for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
+        scored = evaluate_checkpoint([folder / f"seed{s}" / "checkpoint.pt" for s in seeds], d.root, split_folder,
+                                     folder / "ensemble" / key, batch_size=cfg.batch_size, device=cfg.device, tta=tta,
+                                     progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
+        out[key] = scored["macro"]
+    print(f"{MODEL_LABELS.get(name, name)}: seeds {'+'.join(map(str, seeds))} as one ensemble: Jaccard "
+          f"{out['original']['jaccard']:.4f} at the original size"
+          + (f", {out['original_tta']['jaccard']:.4f} with flip TTA" if "original_tta" in out else ""))
+    return out
 
 
 def seed_summary(per_seed: list[dict]) -> dict:

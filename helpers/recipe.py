@@ -219,3 +219,48 @@ def augment_settings(augment) -> dict | None:
 def describe_augment(kwargs: dict) -> str:
     """One line naming the augmentation settings, as recorded in a run's settings."""
     return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items()))
+
+
+class WeightAverage:
+    """Exponential moving averages (EMA) of a model's weights and BatchNorm statistics, one per decay.
+
+    After optimizer step t, the average of decay d moves towards the model's state by
+    w_t = (1 - d) / (1 - d**t): the bias-corrected EMA of Adam, so the first step takes the model's
+    state and the weights of step s < t count d**(t - s) (normalised), never the initial weights.
+    Every floating-point entry of the state dict is averaged (BatchNorm's running statistics too);
+    integer ones (num_batches_tracked) are copied. The averages live on the model's device; their
+    state dict (decays, steps, averages on the CPU) resumes them exactly.
+    """
+
+    def __init__(self, model: nn.Module, decays):
+        self.decays = tuple(float(d) for d in decays)
+        if not self.decays or not all(0 < d < 1 for d in self.decays):
+            raise ValueError(f"weight averaging: decays must be in (0, 1), got {list(decays)!r}")
+        self.steps = 0
+        self.averages = [{k: v.detach().clone() for k, v in model.state_dict().items()} for _ in self.decays]
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        """Fold the model's current state into every average (call after each optimizer step)."""
+        self.steps += 1
+        state = model.state_dict()
+        floats = [k for k, v in state.items() if v.dtype.is_floating_point]
+        for decay, average in zip(self.decays, self.averages):
+            # one fused call per average (about 6 ms a step for Model 3 on one CPU thread)
+            torch._foreach_lerp_([average[k] for k in floats], [state[k] for k in floats],
+                                 (1 - decay) / (1 - decay ** self.steps))
+            for k, v in state.items():
+                if not v.dtype.is_floating_point:
+                    average[k].copy_(v)
+
+    def state_dict(self) -> dict:
+        return {"decays": list(self.decays), "steps": self.steps,
+                "averages": [{k: v.detach().cpu().clone() for k, v in a.items()} for a in self.averages]}
+
+    def load_state_dict(self, state: dict) -> None:
+        if tuple(state["decays"]) != self.decays:
+            raise ValueError(f"weight averaging: saved decays {state['decays']}, asked for {list(self.decays)}")
+        self.steps = int(state["steps"])
+        for average, saved in zip(self.averages, state["averages"]):
+            for k, v in average.items():
+                v.copy_(saved[k])

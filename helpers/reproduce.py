@@ -57,7 +57,8 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select, "MAX_PIXELS": cfg.max_pixels, "EXTERNAL": cfg.external}
+            "M3_SELECT": cfg.m3_select, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
+            "EXTERNAL": cfg.external}
 
 
 # The kernel's channels are encrypted (CurveZMQ keys made by jupyter_client for each kernel whose
@@ -229,6 +230,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="Model 3's weights: the last epoch's, or the best validation Jaccard's")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
+    p.add_argument("--m3-ensemble", action="store_true",
+                   help="also score Model 3's seeds (--seeds 2 or more) as one ensemble, the mean of their probabilities")
     p.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation (reported separately)")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--encoder-weights", default="auto",
@@ -264,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
                     tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
+                    m3_ensemble=args.m3_ensemble,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)

@@ -23,6 +23,8 @@ from .model import SegmentationModel
 from .progress import progress_bar
 
 EVAL_SPLITS = {"test": "test", "validation": "val"}  # split scored after every epoch -> its history key prefix
+SELECTS = ("last", "best", "ema")  # which weights fit keeps
+EMA_DECAY = 0.995  # select="ema" without decays: about 200 steps (5 epochs of 645 images in batches of 16)
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -110,7 +112,7 @@ def _precision(model: nn.Module, device: torch.device, amp, channels_last):
 def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim.Optimizer,
                     device: torch.device, progress: bool = True, desc: str = "train", *, amp="auto",
                     channels_last="auto", scaler: torch.amp.GradScaler | None = None, loss_fn: nn.Module | None = None,
-                    augment=None, scheduler=None) -> float:
+                    augment=None, scheduler=None, averager: recipe.WeightAverage | None = None) -> float:
     """One pass over ``loader``; returns the mean training loss per pixel (the report's BCE with logits
     unless ``loss_fn`` says otherwise).
 
@@ -119,6 +121,7 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
     channels_last: NHWC model and inputs (:func:`resolve_channels_last`; "auto": on for CUDA and CPU).
     augment: None, or a function (images, masks) -> (images, masks) applied to each batch on ``device``.
     scheduler: None, or an lr scheduler stepped after every batch.
+    averager: None, or a :class:`helpers.recipe.WeightAverage` updated after every step.
     Batch losses stay on the device (a step never waits for the GPU) and are checked at the end of
     the epoch: a NaN or infinite one raises TrainingDiverged naming the first such batch.
     """
@@ -149,6 +152,8 @@ def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer: torch.optim
             scaler.update()
         if scheduler is not None:
             scheduler.step()
+        if averager is not None:
+            averager.update(model)
         losses.append(loss.detach())
         sizes.append(len(x))
     values = torch.stack(losses).double().cpu()
@@ -194,7 +199,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
         augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
-        on_epoch=None) -> list[dict]:
+        on_epoch=None, ema=()) -> list[dict]:
     """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
     The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
@@ -202,9 +207,13 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
 
     - eval_split: "test" (the report's protocol: the test split scored after every epoch) or
       "validation" (a split held out of the training images);
-    - select: "last" (the last epoch's weights) or "best" (the epoch with the highest macro Jaccard
+    - select: "last" (the last epoch's weights), "best" (the epoch with the highest macro Jaccard
       on ``test_set``, which must then be a validation split; the history keeps every epoch and
-      history.json names the selected one);
+      history.json names the selected one) or "ema" (the moving average of the first decay of ``ema``,
+      :data:`EMA_DECAY` when ``ema`` is empty; the history scores the raw weights of each epoch);
+    - ema: decays of exponential moving averages of the weights to keep besides the model
+      (:class:`helpers.recipe.WeightAverage`, updated after every step, saved in last.pt so that a
+      resumed run continues them exactly, and in checkpoint.pt under "ema" at the end);
     - augment: None/False (off), True (:func:`helpers.recipe.augment_batch` with its defaults) or a
       dict of its keyword arguments; applied to each training batch on the training device;
     - loss: "bce" or "bce_dice" (:func:`helpers.recipe.make_loss`);
@@ -228,8 +237,9 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     """
     if eval_split not in EVAL_SPLITS:
         raise ValueError(f"eval_split must be one of {sorted(EVAL_SPLITS)}, got {eval_split!r}")
-    if select not in ("last", "best"):
-        raise ValueError(f"select must be 'last' or 'best', got {select!r}")
+    if select not in SELECTS:
+        raise ValueError(f"select must be one of {', '.join(SELECTS)}, got {select!r}")
+    ema = tuple(float(d) for d in ema) or ((EMA_DECAY,) if select == "ema" else ())
     if select == "best" and eval_split != "validation":
         raise ValueError("select='best' chooses an epoch by its score, so it needs a validation split "
                          "(eval_split='validation'); choosing on the test split would tune on the test set")
@@ -251,12 +261,16 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 "optimizer": "NAdam", "loss": recipe.LOSS_NAMES[loss], "n_train": len(train_set),
                 "n_test": len(test_set), "eval_split": eval_split, "select": select,
                 "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
-                "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))"}
+                "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))",
+                "ema": ", ".join(map(str, ema)) or "off"}
     precision = {"amp": amp, "channels_last": channels_last}
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
     history: list[dict] = []
     best: dict = {}
+    if ema:
+        _precision(model, dev, amp, channels_last)  # the averages take the memory format training will use
+    averager = recipe.WeightAverage(model, ema) if ema else None
     if out_dir is not None:
         history, finished, extra = checkpoint.start_or_resume(out_dir, model, optimizer, generator, settings,
                                                               overwrite, log)
@@ -267,6 +281,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         if aug_generator is not None and "augment_rng" in extra:
             aug_generator.set_state(extra["augment_rng"])
         best = extra.get("best", {})
+        if averager is not None and "ema" in extra:
+            averager.load_state_dict(extra["ema"])
     augment_fn = None if aug_kwargs is None else partial(recipe.augment_batch, generator=aug_generator, **aug_kwargs)
     start = time.perf_counter()
     bar = progress_bar(total=epochs, initial=len(history), desc=label, unit="epoch", enabled=progress, leave=True,
@@ -276,7 +292,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         try:
             train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
                                          scaler=scaler, loss_fn=loss_fn, augment=augment_fn, scheduler=scheduler,
-                                         **precision)
+                                         averager=averager, **precision)
         except TrainingDiverged as exc:
             kept = (f"the last good state (after epoch {len(history)}) is kept in {Path(out_dir) / checkpoint.STATE}"
                     if out_dir is not None and history else "nothing was saved")
@@ -296,6 +312,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 extra["scheduler"] = scheduler.state_dict()
             if aug_generator is not None:
                 extra["augment_rng"] = aug_generator.get_state()
+            if averager is not None:
+                extra["ema"] = averager.state_dict()
             checkpoint.save_state(out_dir, model, optimizer, history, settings, generator, extra)
         bar.set_postfix({"train loss": f"{train_loss:.4f}", f"{eval_split} Dice": f"{row[f'{key}_dice']:.3f}"})
         bar.update()
@@ -313,7 +331,11 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         row = history[selected - 1]
         log(f"trained {epochs} epochs in {time.perf_counter() - start:.0f} s on {dev}: {eval_split} IoU "
             f"{row[f'{key}_iou']:.3f}, Dice {row[f'{key}_dice']:.3f}"
-            + (f" (best epoch {selected}, selected on the validation split)" if select == "best" else ""))
+            + (f" (best epoch {selected}, selected on the validation split)" if select == "best" else "")
+            + (f" (raw weights; kept: their moving average, decay {ema[0]})" if select == "ema" else ""))
+    averages = None if averager is None else averager.state_dict()
+    if select == "ema":
+        model.load_state_dict(averages["averages"][0])
     if out_dir is not None:
-        save_run(out_dir, model, settings, history, selected_epoch=selected)
+        save_run(out_dir, model, settings, history, selected_epoch=selected, averages=averages)
     return history

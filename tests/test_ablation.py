@@ -32,8 +32,19 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
         scored = (out / run["variant"] / f"seed{run['seed']}" / "original" / "per_image.csv").read_text()
         assert sorted(line.split(",")[0] for line in scored.splitlines()[1:]) == split["validation_ids"]
         assert 0 <= run["val_jaccard"] <= 1 and run["train_seconds"] > 0
-    row = report["rows"][1]
+    rows = {r["variant"]: r for r in report["rows"]}
+    row = rows["recipe"]
     assert row["recipe"]["loss"] == "bce_dice" and row["seeds"] == [0, 1] and row["val_jaccard"]["sd"] >= 0
+    assert 0 <= row["val_jaccard_tta"]["mean"] <= 1
+    # free with the same trainings: a row per moving average of the weights, and the seeds as one ensemble
+    assert list(rows) == [v for name in ("plain", "recipe") for v in
+                          (name, *(f"{name} +ema{d}" for d in ablation.EMA_DECAYS), f"{name} ensemble")]
+    assert rows["recipe +ema0.995"]["recipe"]["ema"] == 0.995 and "val_jaccard_best_epoch_working" not in rows["recipe +ema0.995"]
+    ens = rows["recipe ensemble"]
+    assert ens["ensemble"] and ens["seeds"] == [0, 1] and ens["val_jaccard"]["sd"] is None
+    assert ens["train_seconds"]["mean"] == pytest.approx(sum(r["train_seconds"] for r in report["runs"][2:]))
+    assert (out / "recipe" / "ensemble" / "original_tta" / "per_image.csv").is_file()
+    assert "| recipe ensemble |" in printed and "0+1 (one ensemble)" in printed and "| recipe +ema0.99 |" in printed
     # a rerun reuses the finished trainings and gives the same table
     assert ablation.main(args) == 0
     assert json.loads((out / "ablation-plain-recipe.json").read_text())["rows"] == report["rows"]

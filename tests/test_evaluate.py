@@ -152,6 +152,27 @@ def test_tta_averages_the_three_flipped_passes():
     assert torch.allclose(predict_logits(pointwise, images, tta=True), predict_logits(pointwise, images), atol=1e-6)
 
 
+def test_an_ensemble_is_the_mean_probability_of_its_models(runs, tmp_path, capsys):
+    """Several checkpoints score as one model whose probability is their mean; one is the plain model."""
+    from helpers.evaluate import ensemble_masks
+
+    models = [load_checkpoint(runs[k])[0] for k in ("fit", "mixed")]
+    images = torch.randint(0, 256, (2, 3, IMAGE_SIZE, IMAGE_SIZE), dtype=torch.uint8)
+    sizes = [(30, 40), (36, 48)]
+    masks = ensemble_masks(models, images, sizes)
+    for i, size in enumerate(sizes):
+        probs = [torch.sigmoid(predict_original_size(m, images[i], size)) for m in models]
+        assert torch.equal(masks[i], ((probs[0] + probs[1]) / 2 >= 0.5)[0]) and masks[i].shape == size
+        assert torch.equal(ensemble_masks(models[:1], images, sizes)[i], (probs[0] >= 0.5)[0])
+    root, out = runs["root"], tmp_path / "ensemble"
+    assert main(["--checkpoint", str(runs["fit"]), str(runs["mixed"]), "--data-dir", str(root), "--out", str(out),
+                 "--image-size", str(IMAGE_SIZE), "--quiet"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["ensemble"] == 2 and summary["checkpoint"] == [str(runs["fit"]), str(runs["mixed"])]
+    check_masks(root, out)
+    assert summary["macro"]["jaccard"] == pytest.approx(float(official_macro(root, out)["jaccard"]), abs=1e-6)
+
+
 def test_images_only_writes_masks_without_metrics(runs, tmp_path, capsys):
     root, out = runs["root"], tmp_path / "images-only"
     evaluate_checkpoint(runs["fit"], root, "test", out, progress=False)  # an earlier run with ground truth

@@ -98,3 +98,69 @@ def test_a_run_saved_before_the_recipe_settings_existed_still_resumes(splits, tm
     again = train.fit(build_model(True, encoder_weights=None), *splits, epochs=1, batch_size=4, seed=0, device="cpu",
                       out_dir=tmp_path, progress=False, log=lines.append)
     assert again == history and "reused the finished training" in lines[0]
+
+
+def test_the_weight_average_is_the_bias_corrected_ema_of_the_steps():
+    """After states x1..xt, the average of decay d is sum d**(t-s) x_s / sum d**(t-s); integer buffers are copied."""
+    net = torch.nn.Sequential(torch.nn.Linear(2, 1), torch.nn.BatchNorm1d(1))
+    with torch.no_grad():
+        net[0].weight.fill_(100.0)  # the initial state never counts
+    avg = recipe.WeightAverage(net, (0.5, 0.9))
+    states = [1.0, 2.0, 4.0]
+    for t, x in enumerate(states, 1):
+        with torch.no_grad():
+            net[0].weight.fill_(x)
+            net[1].num_batches_tracked.fill_(t)
+        avg.update(net)
+    for decay, a in zip(avg.decays, avg.averages):
+        w = [decay ** (len(states) - s) for s in range(1, len(states) + 1)]
+        expected = sum(wi * x for wi, x in zip(w, states)) / sum(w)
+        assert torch.allclose(a["0.weight"], torch.full((1, 2), expected))
+        assert int(a["1.num_batches_tracked"]) == 3
+    copy = recipe.WeightAverage(net, (0.5, 0.9))
+    copy.load_state_dict(avg.state_dict())
+    assert copy.steps == 3 and all(torch.equal(a[k], b[k]) for a, b in zip(avg.averages, copy.averages) for k in a)
+    with pytest.raises(ValueError, match="saved decays"):
+        recipe.WeightAverage(net, (0.5,)).load_state_dict(avg.state_dict())
+    with pytest.raises(ValueError, match="decays must be in"):
+        recipe.WeightAverage(net, (1.0,))
+
+
+def test_an_interrupted_run_with_weight_averages_resumes_them_exactly(splits, tmp_path):
+    """The moving averages are saved in last.pt each epoch; the finished checkpoint holds them beside the
+    last epoch's weights."""
+    ema = {"ema": (0.9, 0.5), "select": "last"}
+    reference, h_ref = _fit(*splits, tmp_path / "ref", epochs=3, **ema)
+    faulty = Faulty(splits[0], after_epoch=2, fault="interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(faulty, splits[1], tmp_path / "run", epochs=3, log=faulty.log, **ema)
+    extra = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["extra"]
+    assert extra["ema"]["decays"] == [0.9, 0.5] and extra["ema"]["steps"] == 2 * 2  # 6 images in batches of 4
+    lines = []
+    _, history = _fit(*splits, tmp_path / "run", epochs=3, log=lines.append, **ema)
+    assert "resuming after epoch 2 of 3" in lines[0] and _strip(history) == _strip(h_ref)
+    ref, run = (torch.load(p / "checkpoint.pt", weights_only=True) for p in (tmp_path / "ref", tmp_path / "run"))
+    assert run["settings"]["ema"] == "0.9, 0.5" and run["ema"]["steps"] == 6
+    for a, b in zip(ref["ema"]["averages"], run["ema"]["averages"]):
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(v, reference.state_dict()[k].cpu()) for k, v in run["model"].items())
+    assert not all(torch.equal(v, run["ema"]["averages"][0][k]) for k, v in run["model"].items())
+
+
+def test_select_ema_keeps_the_average_and_other_decays_are_refused(splits, tmp_path):
+    from helpers.errors import RunStateError
+
+    model, _ = _fit(*splits, tmp_path, epochs=2, select="ema")
+    ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
+    assert ckpt["settings"]["ema"] == str(train.EMA_DECAY) and ckpt["settings"]["select"] == "ema"
+    assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
+    assert all(torch.equal(v.cpu(), ckpt["model"][k]) for k, v in model.state_dict().items())
+    with pytest.raises(RunStateError, match="ema '0.995' saved, '0.9' now"):
+        _fit(*splits, tmp_path, epochs=2, select="ema", ema=(0.9,))
+
+
+def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
+    plain, h_plain = _fit(*splits, tmp_path / "plain", epochs=2, select="last")
+    tracked, h_tracked = _fit(*splits, tmp_path / "tracked", epochs=2, select="last", ema=(0.9,))
+    assert _strip(h_plain) == _strip(h_tracked)
+    assert all(torch.equal(v, tracked.state_dict()[k]) for k, v in plain.state_dict().items())
