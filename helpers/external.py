@@ -34,7 +34,6 @@ from .folders import SPLITS, Sample, check_mask_size, list_split, load_sample
 from .images import DEFAULT_MAX_PIXELS, read_mask
 from .pairing import _scan as scan_images, pair_folders
 
-LAYOUTS = ("isic2016", "ph2", "images+masks", "two folders", "one folder")
 MASK_FOLDER = re.compile(r"mask|ground.?truth|segmentation|label|lesion", re.IGNORECASE)
 PH2_SUBFOLDER = "PH2 Dataset images"
 
@@ -87,7 +86,7 @@ def infer_suffix(image_stems: list[str], mask_stems: list[str], where: Path) -> 
     found: dict[str, str] = {}
     for stem in mask_stems:
         key = stem.casefold()
-        bases = [b for b in images if key.startswith(b) and (len(key) > len(b) or key == b)]
+        bases = [b for b in images if key.startswith(b)]
         if not bases:
             raise DataError(f"{where}: mask {stem!r} does not start with the name of any image, so it cannot be paired "
                             "(a mask is named <image stem><suffix>, e.g. IMD002_lesion for IMD002)")
