@@ -204,9 +204,7 @@ def paired_bootstrap(a: list[float], b: list[float], n_boot: int = 10000, seed: 
     diff = np.asarray(b, dtype=float) - np.asarray(a, dtype=float)
     if diff.size == 0:
         raise ValueError("no paired images to compare")
-    rng = np.random.default_rng(seed)
-    means = diff[rng.integers(0, diff.size, size=(n_boot, diff.size))].mean(axis=1)
-    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    lo, hi = bootstrap_ci(diff, n_boot, seed, level)
     return {"mean_difference": float(diff.mean()), "ci_low": float(lo), "ci_high": float(hi),
             "n_images": int(diff.size), "b_better": int((diff > 0).sum()), "a_better": int((diff < 0).sum())}
 

@@ -472,13 +472,15 @@ def score_external(cfg: RunConfig, name: str, runs: list[dict], sets: list[Exter
     return pd.DataFrame(rows).set_index("external test set")
 
 
+def spread(values: list[float]) -> dict:
+    """{"mean", "std" (sample sd; 0 for one value), "per_seed"} of one metric over seeds."""
+    return {"mean": float(np.mean(values)), "std": float(np.std(values, ddof=1)) if len(values) > 1 else 0.0,
+            "per_seed": values}
+
+
 def seed_summary_of(per_seed: list[dict]) -> dict:
-    """{"macro": {metric: {"mean", "std", "per_seed"}}} of per-seed {"macro": {...}} entries."""
-    out = {}
-    for k in metrics.METRICS:
-        v = [m["macro"][k] for m in per_seed]
-        out[k] = {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0, "per_seed": v}
-    return {"macro": out}
+    """{"macro": {metric: spread}} of per-seed {"macro": {...}} entries."""
+    return {"macro": {k: spread([m["macro"][k] for m in per_seed]) for k in metrics.METRICS}}
 
 
 def score_ensemble(cfg: RunConfig, d: Data, name: str, seeds: list[int]) -> dict:
@@ -509,8 +511,7 @@ def seed_summary(per_seed: list[dict]) -> dict:
         if key not in per_seed[0]:
             continue
         values = {k: [(m[key] if key == "macro" else m[key]["macro"])[k] for m in per_seed] for k in metrics.METRICS}
-        out[key] = {k: {"mean": float(np.mean(v)), "std": float(np.std(v, ddof=1)) if len(v) > 1 else 0.0,
-                        "per_seed": v} for k, v in values.items()}
+        out[key] = {k: spread(v) for k, v in values.items()}
     return out
 
 
