@@ -60,6 +60,7 @@ VARIANTS = {
     "full-40ep": {**FULL, "epochs": 40},
     "full-50ep": {**FULL, "epochs": 50},
     "full-15ep": {**FULL, "epochs": 15},
+    "full-lovasz": {**FULL, "loss": "bce_lovasz"},
 }
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 

@@ -146,11 +146,44 @@ class BCEDiceLoss(nn.Module):
         return self.bce(logits, target) + soft_dice_loss(logits, target)
 
 
-LOSSES = {"bce": nn.BCEWithLogitsLoss, "bce_dice": BCEDiceLoss}
+def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The Lovasz hinge of each image (Berman et al., 2018: a convex surrogate of 1 - Jaccard), averaged
+    over the batch.
+
+    logits, target: B x 1 x S x S (target in {0, 1}). Per image, the hinge errors 1 - logit x (2t - 1)
+    are sorted in decreasing order and weighted by the steps of the Jaccard loss of the prefixes
+    (the Lovasz extension's gradient), so the weight of a pixel is how much the Jaccard index of
+    the image would lose if it and every worse pixel were wrong. An image whose truth is empty
+    weighs only its worst pixel.
+    """
+    errors = 1 - logits.float().flatten(1) * (2 * target.float().flatten(1) - 1)
+    errors, order = errors.sort(dim=1, descending=True)
+    truth = target.float().flatten(1).gather(1, order)
+    positives = truth.sum(1, keepdim=True)
+    intersection = positives - truth.cumsum(1)
+    union = positives + (1 - truth).cumsum(1)  # at least 1 at every position
+    jaccard_loss = 1 - intersection / union
+    weights = torch.cat([jaccard_loss[:, :1], jaccard_loss[:, 1:] - jaccard_loss[:, :-1]], 1)
+    return (F.relu(errors) * weights).sum(1).mean()
+
+
+class BCELovaszLoss(nn.Module):
+    """BCEWithLogitsLoss (mean per pixel) + :func:`lovasz_hinge_loss`, equal weights."""
+
+    def __init__(self):
+        super().__init__()
+        self.bce = nn.BCEWithLogitsLoss()
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return self.bce(logits, target) + lovasz_hinge_loss(logits, target)
+
+
+LOSSES = {"bce": nn.BCEWithLogitsLoss, "bce_dice": BCEDiceLoss, "bce_lovasz": BCELovaszLoss}
 
 
 def make_loss(name: str) -> nn.Module:
-    """The training loss ``name``: "bce" (BCEWithLogitsLoss, the report's) or "bce_dice" (BCE + soft Dice)."""
+    """The training loss ``name``: "bce" (BCEWithLogitsLoss, the report's), "bce_dice" (BCE + soft Dice)
+    or "bce_lovasz" (BCE + Lovasz hinge)."""
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
     return LOSSES[name]()
@@ -196,7 +229,8 @@ def make_scheduler(optimizer: torch.optim.Optimizer, name: str, *, epochs: int, 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-LOSS_NAMES = {"bce": "BCEWithLogitsLoss", "bce_dice": "BCEWithLogitsLoss + soft Dice"}  # as recorded in settings
+LOSS_NAMES = {"bce": "BCEWithLogitsLoss", "bce_dice": "BCEWithLogitsLoss + soft Dice",
+              "bce_lovasz": "BCEWithLogitsLoss + Lovasz hinge"}  # as recorded in settings
 
 
 def augment_settings(augment) -> dict | None:

@@ -4,7 +4,7 @@ import pytest
 import torch
 from torchvision.transforms import v2
 
-from helpers.recipe import augment_batch, make_loss, make_scheduler, soft_dice_loss
+from helpers.recipe import augment_batch, make_loss, make_scheduler, lovasz_hinge_loss, soft_dice_loss
 
 
 def blobs(n=8, size=32, seed=0):
@@ -164,11 +164,37 @@ def test_soft_dice_loss_by_hand():
     assert soft_dice_loss(torch.full((1, 1, 2, 2), -50.0), empty).item() == pytest.approx(0, abs=1e-6)  # eps
 
 
+def test_lovasz_hinge_is_the_jaccard_loss_at_hard_predictions():
+    torch.manual_seed(0)
+    target = (torch.rand(4, 1, 6, 6) > 0.5).float()
+    assert lovasz_hinge_loss((2 * target - 1) * 3, target).item() == 0  # right with a margin of 1 or more
+    # logits +-1: hinge errors are 0 (right) or 2 (wrong), and the Lovasz extension of 2 x a set is
+    # 2 x the Jaccard loss of that set, image by image
+    logits = torch.randn(4, 1, 6, 6).sign()
+    pred, truth = logits > 0, target.bool()
+    jaccard = (pred & truth).flatten(1).sum(1) / (pred | truth).flatten(1).sum(1)
+    assert lovasz_hinge_loss(logits, target).item() == pytest.approx((2 * (1 - jaccard)).mean().item())
+    # an empty truth weighs its worst pixel only
+    empty = torch.zeros(1, 1, 2, 2)
+    assert lovasz_hinge_loss(torch.tensor([-3.0, 0.5, -1.0, 0.0]).view(1, 1, 2, 2), empty).item() == 1.5
+
+
+def test_lovasz_hinge_gradient_pushes_wrong_pixels():
+    target = torch.tensor([1.0, 1.0, 0.0, 0.0]).view(1, 1, 2, 2)
+    logits = torch.tensor([2.0, -0.5, 0.5, -2.0]).view(1, 1, 2, 2).requires_grad_()
+    lovasz_hinge_loss(logits, target).backward()
+    grad = logits.grad.flatten()
+    assert grad[1] < 0 and grad[2] > 0  # the missed lesion pixel goes up, the false positive down
+    assert grad[0] == 0 and grad[3] == 0  # right with a margin: no gradient
+
+
 def test_make_loss():
     logits, target = torch.zeros(2, 1, 2, 2), torch.tensor([1.0, 0, 0, 0, 1, 1, 0, 0]).view(2, 1, 2, 2)
     assert make_loss("bce")(logits, target).item() == pytest.approx(math.log(2))
     assert make_loss("bce_dice")(logits, target).item() == pytest.approx(math.log(2) + 1 - (2 / 4 + 3 / 5) / 2)
-    with pytest.raises(ValueError, match="bce, bce_dice"):
+    bce_lovasz = make_loss("bce_lovasz")(logits, target).item()
+    assert bce_lovasz == pytest.approx(math.log(2) + lovasz_hinge_loss(logits, target).item())
+    with pytest.raises(ValueError, match="bce, bce_dice, bce_lovasz"):
         make_loss("dice")
 
 
