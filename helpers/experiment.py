@@ -30,7 +30,8 @@ from .evaluate import evaluate_checkpoint, evaluate_samples
 from .external import ExternalSet, check_readable, external_sets, parse_spec
 from .model import SegmentationModel, build_model, parameter_counts
 from .plots import live_loss_curve
-from .train import evaluate, fit, make_loader, resolve_device
+from .recipe import LOSSES, SCHEDULES
+from .train import SELECTS, evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
 LABELS = SOURCE_LABELS
@@ -67,9 +68,9 @@ class RunConfig:
     m3_epochs: int | None = None
     # The defaults were chosen on a validation split of real ISIC 2016 training images (docs/models.md).
     m3_augment: bool = True         # flips, 90-degree rotations, scale and crop, colour jitter
-    m3_loss: str = "bce_dice"       # "bce" or "bce_dice"
+    m3_loss: str = "bce_dice"       # "bce", "bce_dice" or "bce_lovasz"
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
-    m3_select: str = "last"         # "last" epoch, or "best" validation Jaccard (needs a validation split)
+    m3_select: str = "last"         # "last" epoch, "best" validation Jaccard (needs a validation split), "ema" average
     m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
@@ -85,8 +86,7 @@ class RunConfig:
                              f"got seeds={self.seeds}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
-        for name, allowed in (("m3_loss", ("bce", "bce_dice")), ("m3_schedule", ("constant", "cosine", "onecycle")),
-                              ("m3_select", ("last", "best"))):
+        for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -533,7 +533,7 @@ def seed_table(runs: list[dict]) -> pd.DataFrame:
 
 
 MODEL_LABELS = {"model1_frozen": "Model 1", "model2_finetuned": "Model 2", "model3_unet": "Model 3"}
-OBJECTIVES = {"bce_dice": "BCE + soft Dice"}  # training losses other than the report's BCE, as figures name them
+OBJECTIVES = {"bce_dice": "BCE + soft Dice", "bce_lovasz": "BCE + Lovasz hinge"}  # training losses other than the report's BCE, as figures name them
 
 
 def loss_figure(runs: dict[str, dict | list[dict]], note: str, title: str):

@@ -31,7 +31,8 @@ from .external import parse_spec
 from .io import write_json, write_text
 from .model import load_encoder_features
 from .runlock import hold_run_folder
-from .train import resolve_device
+from .recipe import LOSSES, SCHEDULES
+from .train import SELECTS, resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
              "04_model3_unet_decoder.ipynb", "05_comparison.ipynb")  # in numbered order; 05 reads 02, 03 and 04
@@ -224,10 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m3-epochs", type=int, default=None, help="Model 3's epochs (default: --epochs)")
     p.add_argument("--m3-augment", choices=("on", "off"), default="on" if d.m3_augment else "off",
                    help="augment Model 3's training batches")
-    p.add_argument("--m3-loss", choices=("bce", "bce_dice"), default=d.m3_loss)
-    p.add_argument("--m3-schedule", choices=("constant", "cosine", "onecycle"), default=d.m3_schedule)
-    p.add_argument("--m3-select", choices=("last", "best"), default=d.m3_select,
-                   help="Model 3's weights: the last epoch's, or the best validation Jaccard's")
+    p.add_argument("--m3-loss", choices=tuple(LOSSES), default=d.m3_loss)
+    p.add_argument("--m3-schedule", choices=SCHEDULES, default=d.m3_schedule)
+    p.add_argument("--m3-select", choices=SELECTS, default=d.m3_select,
+                   help="Model 3's weights: the last epoch's, the best validation Jaccard's, or the moving "
+                        "average of the weights (ema)")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--m3-ensemble", action="store_true",

@@ -164,3 +164,22 @@ def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
     tracked, h_tracked = _fit(*splits, tmp_path / "tracked", epochs=2, select="last", ema=(0.9,))
     assert _strip(h_plain) == _strip(h_tracked)
     assert all(torch.equal(v, tracked.state_dict()[k]) for k, v in plain.state_dict().items())
+
+
+def test_the_main_job_trains_model3_with_the_lovasz_loss_and_the_weight_average(tiny_isic, tmp_path):
+    from helpers import experiment
+    from helpers.experiment import RunConfig
+
+    c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
+                  cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
+                  m3_loss="bce_lovasz", m3_select="ema")
+    d = experiment.prepare_data(c, log=lambda line: None)
+    model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
+    result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
+    assert result["metrics"]["recipe"]["loss"] == "bce_lovasz" and result["metrics"]["recipe"]["select"] == "ema"
+    ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
+    assert ckpt["settings"]["loss"] == "BCEWithLogitsLoss + Lovasz hinge" and ckpt["settings"]["select"] == "ema"
+    assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
+    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}):
+        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
+            RunConfig(**bad)
