@@ -46,7 +46,8 @@ from .splits import holdout, split_record, write_split
 from .train import fit
 
 # Model 3 trained with the report's recipe; every variant changes some of these
-BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant"}
+BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
+        "encoder_lr": 1.0}
 FULL = {"augment": "on", "loss": "bce_dice", "schedule": "cosine"}
 VARIANTS = {
     "model2": {"decoder": "report"},  # Model 2 (the report's decoder and recipe), for reference
@@ -61,6 +62,7 @@ VARIANTS = {
     "full-50ep": {**FULL, "epochs": 50},
     "full-15ep": {**FULL, "epochs": 15},
     "full-lovasz": {**FULL, "loss": "bce_lovasz"},
+    "full-enc0.1": {**FULL, "encoder_lr": 0.1},  # the encoder at a tenth of the decoder's learning rate
 }
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
@@ -77,7 +79,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition(":")
         if key not in BASE:
             raise ProjectError(f"variant {name}: unknown key {key!r}; keys: {', '.join(BASE)}")
-        recipe[key] = int(value) if key in ("image_size", "epochs") else value
+        recipe[key] = int(value) if key in ("image_size", "epochs") else float(value) if key == "encoder_lr" else value
     return name, recipe
 
 
@@ -92,7 +94,8 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     folder = out / name / f"seed{seed}"
     history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
-                  augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS)
+                  augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
+                  encoder_lr=r["encoder_lr"])
     t0 = time.perf_counter()
     score = partial(_score, root=root, ids=split["validation_ids"], batch_size=batch_size, device=device)
     scores = score(folder / "checkpoint.pt", folder)

@@ -194,12 +194,23 @@ def evaluate(model: nn.Module, loader: DataLoader, device: torch.device, keep_pr
     return out
 
 
+def parameter_groups(model: SegmentationModel, lr: float, encoder_lr: float = 1.0) -> list[dict]:
+    """The trainable parameters as optimizer groups: one group at ``lr``, or, with ``encoder_lr`` below 1,
+    the encoder's at ``lr * encoder_lr`` and the rest (decoder and head) at ``lr``."""
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    if encoder_lr == 1:
+        return [{"params": [p for _, p in trainable], "lr": lr}]
+    encoder = [p for n, p in trainable if n.startswith("encoder.")]
+    rest = [p for n, p in trainable if not n.startswith("encoder.")]
+    return [g for g in ({"params": encoder, "lr": lr * encoder_lr}, {"params": rest, "lr": lr}) if g["params"]]
+
+
 def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epochs: int = 25,
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
         augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
-        on_epoch=None, ema=()) -> list[dict]:
+        on_epoch=None, ema=(), encoder_lr: float = 1.0) -> list[dict]:
     """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
     The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
@@ -216,7 +227,10 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
       resumed run continues them exactly, and in checkpoint.pt under "ema" at the end);
     - augment: None/False (off), True (:func:`helpers.recipe.augment_batch` with its defaults) or a
       dict of its keyword arguments; applied to each training batch on the training device;
-    - loss: "bce" or "bce_dice" (:func:`helpers.recipe.make_loss`);
+    - encoder_lr: the encoder's learning rate as a fraction of ``lr`` (1: one rate for all, the
+      report's; below 1 the pretrained encoder moves more slowly than the decoder; runs saved
+      before it existed resume as 1);
+    - loss: "bce", "bce_dice" or "bce_lovasz" (:func:`helpers.recipe.make_loss`);
     - schedule: "constant", "cosine" or "onecycle" (:func:`helpers.recipe.make_scheduler`, stepped
       per batch, ``warmup_epochs`` of linear warm-up for "cosine").
 
@@ -247,7 +261,9 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     dev = resolve_device(device)
     generator = seed_everything(seed)
     model.to(dev)
-    optimizer = torch.optim.NAdam([p for p in model.parameters() if p.requires_grad], lr=lr)
+    if not 0 < encoder_lr <= 1:
+        raise ValueError(f"encoder_lr is a fraction of lr in (0, 1], got {encoder_lr!r}")
+    optimizer = torch.optim.NAdam(parameter_groups(model, lr, encoder_lr), lr=lr)
     train_loader = make_loader(train_set, batch_size, True, generator, dev)
     test_loader = make_loader(test_set, batch_size, False, None, dev)
     aug_kwargs = recipe.augment_settings(augment)
@@ -262,7 +278,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 "n_test": len(test_set), "eval_split": eval_split, "select": select,
                 "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
                 "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))",
-                "ema": ", ".join(map(str, ema)) or "off"}
+                "ema": ", ".join(map(str, ema)) or "off", "encoder_lr": float(encoder_lr)}
     precision = {"amp": amp, "channels_last": channels_last}
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))

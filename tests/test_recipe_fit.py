@@ -183,3 +183,24 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_and_the_weight_average(
     for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
             RunConfig(**bad)
+
+
+def test_the_encoder_can_learn_at_a_fraction_of_the_decoders_rate(splits, tmp_path):
+    model = build_model(False, encoder_weights=None, decoder="unet")
+    groups = train.parameter_groups(model, 1e-3, 0.1)
+    encoder = {id(p) for p in model.encoder.parameters()}
+    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), 1e-3]
+    assert {id(p) for p in groups[0]["params"]} == encoder and not encoder & {id(p) for p in groups[1]["params"]}
+    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
+    assert len(train.parameter_groups(model, 1e-3)) == 1
+    torch.manual_seed(3)  # the start _fit trains from
+    start = build_model(False, encoder_weights=None, decoder="unet").state_dict()
+    slow, _ = _fit(*splits, tmp_path / "slow", epochs=1, encoder_lr=0.01, schedule="constant", select="last")
+    fast, _ = _fit(*splits, tmp_path / "fast", epochs=1, schedule="constant", select="last")
+    moved = lambda m, part: sum((v.float() - start[k].float()).abs().sum().item() for k, v in m.state_dict().items()
+                                if k.startswith(part) and v.dtype.is_floating_point and "running" not in k)
+    assert moved(slow, "encoder.") < moved(fast, "encoder.") / 5  # NAdam steps scale with the lr
+    saved = json.loads((tmp_path / "slow" / "history.json").read_text())["settings"]
+    assert saved["encoder_lr"] == 0.01 and json.loads((tmp_path / "fast" / "history.json").read_text())["settings"]["encoder_lr"] == 1
+    with pytest.raises(ValueError, match="encoder_lr"):
+        _fit(*splits, tmp_path / "bad", epochs=1, encoder_lr=0)
