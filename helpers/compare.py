@@ -12,6 +12,7 @@ import pandas as pd
 from pathlib import Path
 
 from .experiment import load_result, mean_sd
+from .recipe import LOSS_NAMES
 
 MODELS = {  # run name -> label
     "model1_frozen": "Model 1 (frozen encoder)",
@@ -147,6 +148,8 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
             f"{first.get('resolution', '?')}, scored at each image's original size; {spread}")
     if recipe.get("epochs"):
         text += f"; {recipe['epochs']} epochs"
+    if recipe.get("loss") in LOSS_NAMES:
+        text += f", loss {LOSS_NAMES[recipe['loss']]}"
     if recipe.get("select") not in (None, "last"):
         text += f", weights: {recipe['select']}"
     return text

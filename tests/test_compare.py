@@ -7,7 +7,7 @@ def _result(seeds=2, tta=False):
     value = {"mean": 0.86, "std": 0.002, "per_seed": [0.86] * seeds}
     scores = {k: value for k in ("jaccard", "dice", "accuracy")}
     metrics = {"n_test": 161, "scored_split": "validation", "resolution": "128x128",
-               "recipe": {"epochs": 50, "select": "last"}}
+               "recipe": {"epochs": 50, "select": "last", "loss": "bce_lovasz"}}
     summary = {"data_source": "ISIC 2016 (real)", "scored_split": "validation", "original": scores,
                **({"original_tta": scores} if tta else {})}
     return {"summary": summary, "runs": [{"metrics": metrics}] * seeds}
@@ -23,7 +23,7 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
     ours = table.iloc[0]
     assert ours["jaccard"] == "0.8600 ± 0.0020"
     assert "161 validation images" in ours["conditions"] and "128x128" in ours["conditions"]
-    assert "2 seeds" in ours["conditions"] and "50 epochs" in ours["conditions"]
+    assert "2 seeds" in ours["conditions"] and "50 epochs, loss BCEWithLogitsLoss + Lovasz hinge" in ours["conditions"]
     assert "flips" in table.iloc[1]["conditions"]
     assert all(isinstance(c, str) and c for c in table["conditions"])
 
