@@ -223,6 +223,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    if weights not in (None, "auto", "imagenet"):  # recorded in each training: the same file however it is named
+        weights = str(Path(weights).expanduser().resolve())
     try:
         variants = [parse_variant(v) for v in args.variants]
         if not all((args.data_dir / f).is_dir() for f in SPLITS["train"]):

@@ -54,3 +54,21 @@ def test_a_folder_without_a_training_split_is_one_error_line(tmp_path, capsys):
     assert ablation.main(["--data-dir", str(tmp_path), "--encoder-weights", "none", "--out", str(tmp_path / "o")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no ISIC 2016 training split" in err and err.count("\n") == 1
+
+
+def test_a_weights_file_named_relatively_reuses_the_trainings_made_with_its_absolute_path(train_only, tmp_path,
+                                                                                           monkeypatch):
+    import torch
+    from torchvision.models import mobilenet_v2
+
+    weights = tmp_path / "w" / "encoder.pth"
+    weights.parent.mkdir()
+    torch.save(mobilenet_v2(weights=None).state_dict(), weights)
+    args = ["--data-dir", str(train_only), "--seeds", "0", "--out", str(tmp_path / "abl"), "--cache-dir",
+            str(tmp_path / "cache"), "--quiet", "--variants", "plain=image_size:32,epochs:1"]
+    assert ablation.main(["--encoder-weights", str(weights), *args]) == 0
+    first = json.loads((tmp_path / "abl" / "ablation-plain.json").read_text())["runs"][0]
+    monkeypatch.chdir(weights.parent)
+    assert ablation.main(["--encoder-weights", "encoder.pth", *args]) == 0  # no "other settings" error
+    again = json.loads((tmp_path / "abl" / "ablation-plain.json").read_text())["runs"][0]
+    assert again["train_seconds"] == first["train_seconds"] and again["weights"] == "file:encoder.pth"
