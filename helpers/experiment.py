@@ -533,7 +533,8 @@ def seed_table(runs: list[dict]) -> pd.DataFrame:
 
 
 MODEL_LABELS = {"model1_frozen": "Model 1", "model2_finetuned": "Model 2", "model3_unet": "Model 3"}
-OBJECTIVES = {"bce_dice": "BCE + soft Dice", "bce_lovasz": "BCE + Lovasz hinge"}  # training losses other than the report's BCE, as figures name them
+# training losses other than the report's BCE, as figures name them
+OBJECTIVES = {"bce_dice": "BCE + soft Dice", "bce_lovasz": "BCE + Lovasz hinge"}
 
 
 def loss_figure(runs: dict[str, dict | list[dict]], note: str, title: str):
