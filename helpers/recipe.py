@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import inspect
 import math
+from functools import partial
 
 import torch
 from torch import nn
@@ -135,17 +136,6 @@ def soft_dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0)
     return 1 - dice.mean()
 
 
-class BCEDiceLoss(nn.Module):
-    """BCEWithLogitsLoss (mean per pixel) + :func:`soft_dice_loss`, equal weights."""
-
-    def __init__(self):
-        super().__init__()
-        self.bce = nn.BCEWithLogitsLoss()
-
-    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits, target) + soft_dice_loss(logits, target)
-
-
 def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """The Lovasz hinge of each image (Berman et al., 2018: a convex surrogate of 1 - Jaccard), averaged
     over the batch.
@@ -167,18 +157,19 @@ def lovasz_hinge_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tenso
     return (F.relu(errors) * weights).sum(1).mean()
 
 
-class BCELovaszLoss(nn.Module):
-    """BCEWithLogitsLoss (mean per pixel) + :func:`lovasz_hinge_loss`, equal weights."""
+class BCEPlus(nn.Module):
+    """BCEWithLogitsLoss (mean per pixel) + a per-image region loss ``term(logits, target)``, equal weights."""
 
-    def __init__(self):
+    def __init__(self, term):
         super().__init__()
-        self.bce = nn.BCEWithLogitsLoss()
+        self.bce, self.term = nn.BCEWithLogitsLoss(), term
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        return self.bce(logits, target) + lovasz_hinge_loss(logits, target)
+        return self.bce(logits, target) + self.term(logits, target)
 
 
-LOSSES = {"bce": nn.BCEWithLogitsLoss, "bce_dice": BCEDiceLoss, "bce_lovasz": BCELovaszLoss}
+LOSSES = {"bce": nn.BCEWithLogitsLoss, "bce_dice": partial(BCEPlus, soft_dice_loss),
+          "bce_lovasz": partial(BCEPlus, lovasz_hinge_loss)}
 
 
 def make_loss(name: str) -> nn.Module:
