@@ -41,7 +41,7 @@ from .evaluate import evaluate_checkpoint
 from .experiment import subset
 from .folders import SPLITS, list_split
 from .io import atomic_path, write_json, write_text
-from .model import build_model
+from .model import build_model, weights_argument
 from .splits import holdout, split_record, write_split
 from .train import fit
 
@@ -79,7 +79,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
         key, _, value = item.partition(":")
         if key not in BASE:
             raise ProjectError(f"variant {name}: unknown key {key!r}; keys: {', '.join(BASE)}")
-        recipe[key] = int(value) if key in ("image_size", "epochs") else float(value) if key == "encoder_lr" else value
+        recipe[key] = type(BASE[key])(value)  # image_size and epochs are int, encoder_lr float, the rest text
     return name, recipe
 
 
@@ -222,9 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", type=Path, default=paths.CACHE)
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
-    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    if weights not in (None, "auto", "imagenet"):  # recorded in each training: the same file however it is named
-        weights = str(Path(weights).expanduser().resolve())
+    weights = weights_argument(args.encoder_weights)
     try:
         variants = [parse_variant(v) for v in args.variants]
         if not all((args.data_dir / f).is_dir() for f in SPLITS["train"]):

@@ -194,6 +194,15 @@ def load_encoder_features(encoder_weights, progress: bool = True) -> tuple[nn.Se
     return _load_path(Path(encoder_weights)), f"file:{Path(encoder_weights).name}"
 
 
+def weights_argument(text: str):
+    """An ``--encoder-weights`` value as :func:`load_encoder_features` takes it: None for "none" (any case),
+    "imagenet" and "auto" as they are, and a file by its absolute path (relative to where the command
+    runs), so that a run records the same file however it was named."""
+    if text.lower() == "none":
+        return None
+    return text if text in ("auto", "imagenet") else str(Path(text).expanduser().resolve())
+
+
 def build_model(freeze_encoder: bool, encoder_weights="imagenet", decoder: str = "report",
                 progress: bool = True, decoder_widths=None) -> SegmentationModel:
     """The report's model. Freezing stops gradients into the encoder and fixes its BatchNorm stats.

@@ -29,7 +29,7 @@ from .experiment import (DATA_WARNINGS, RunConfig, check_data, environment, find
                          write_data_warnings)
 from .external import parse_spec
 from .io import write_json, write_text
-from .model import load_encoder_features
+from .model import load_encoder_features, weights_argument
 from .runlock import hold_run_folder
 from .recipe import LOSSES, SCHEDULES
 from .train import SELECTS, resolve_device
@@ -252,10 +252,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    # paths given on the command line are relative to where it runs; the notebooks run in notebooks/
-    if weights not in (None, "auto", "imagenet"):
-        weights = str(Path(weights).expanduser().resolve())
+    weights = weights_argument(args.encoder_weights)  # a file is made absolute: the notebooks run in notebooks/
     data_dir = None if args.data_dir is None else str(Path(args.data_dir).expanduser().resolve())
     try:  # external folders, like the data folder, are relative to where the command runs
         external = ",".join(f"{name}={folder.resolve()}" if name else str(folder.resolve())

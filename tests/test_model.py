@@ -131,3 +131,11 @@ def test_bad_weights_path_names_the_file(tmp_path, content):
 def test_unknown_decoder():
     with pytest.raises(ValueError, match="decoder"):
         build_model(False, encoder_weights=None, decoder="fpn")
+
+
+def test_a_weights_argument_names_a_file_by_its_absolute_path(tmp_path, monkeypatch):
+    from helpers.model import weights_argument
+
+    monkeypatch.chdir(tmp_path)
+    assert weights_argument("None") is None and weights_argument("imagenet") == "imagenet"
+    assert weights_argument("auto") == "auto" and weights_argument("w.pth") == str(tmp_path.resolve() / "w.pth")
