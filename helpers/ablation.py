@@ -19,7 +19,8 @@ with no spread.
 
 Writes ``OUT/<variant>/seed<k>/`` (the training, resumable and reused like any other, with its
 scores in ``original/``, ``original_tta/`` and ``ema<decay>/``), ``OUT/<variant>/ensemble/`` and
-``OUT/ablation-<variants>.json`` and ``.md`` (the table); prints the table.
+``OUT/ablation-<variants>-seeds<seeds>.json`` and ``.md`` (the table, e.g. ``ablation-full-full-50ep-seeds0+1.md``);
+prints the table.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from .train import fit
 
 # Model 3 trained with the report's recipe; every variant changes some of these
 BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
-        "encoder_lr": 1.0}
+        "encoder_lr": 1.0, "encoder_bn": "train"}
 FULL = {"augment": "on", "loss": "bce_dice", "schedule": "cosine"}
 VARIANTS = {
     "model2": {"decoder": "report"},  # Model 2 (the report's decoder and recipe), for reference
@@ -63,7 +64,11 @@ VARIANTS = {
     "full-15ep": {**FULL, "epochs": 15},
     "full-lovasz": {**FULL, "loss": "bce_lovasz"},
     "full-enc0.1": {**FULL, "encoder_lr": 0.1},  # the encoder at a tenth of the decoder's learning rate
+    "full-bnfrozen": {**FULL, "encoder_bn": "frozen"},  # the encoder's BatchNorm keeps its saved statistics
+    "full-bnfrozen-50ep": {**FULL, "encoder_bn": "frozen", "epochs": 50},
+    "full-bnfrozen@192": {**FULL, "encoder_bn": "frozen", "image_size": 192},
 }
+QUIET = ("encoder_lr", "encoder_bn")  # recipe keys the table names only where a variant changes them
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
 
@@ -95,7 +100,7 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
                   augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
-                  encoder_lr=r["encoder_lr"])
+                  encoder_lr=r["encoder_lr"], encoder_bn=r["encoder_bn"])
     t0 = time.perf_counter()
     score = partial(_score, root=root, ids=split["validation_ids"], batch_size=batch_size, device=device)
     scores = score(folder / "checkpoint.pt", folder)
@@ -191,7 +196,7 @@ def markdown(rows: list[dict], header: str, by_epoch: list[dict] = ()) -> str:
              "best-epoch val Jaccard (working size, optimistic) | training min per seed |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items())
+        recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if k not in QUIET or v != BASE[k])
         seeds = f"{'+'.join(map(str, r['seeds']))} (one ensemble)" if r.get("ensemble") else len(r["seeds"])
         minutes = {k: v / 60 / (len(r["seeds"]) if r.get("ensemble") else 1) if v is not None else None
                    for k, v in r["train_seconds"].items()}
@@ -261,9 +266,9 @@ def main(argv: list[str] | None = None) -> int:
               f"{runs[0]['weights']}, seeds {args.seeds}, {torch.get_num_threads()} CPU thread(s)"
               if runs else "no runs")
     text = markdown(rows, header, epoch_rows(runs))
-    write_json(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.json",
-               {"header": header, "rows": rows, "runs": runs, "ensembles": ensembles})
-    write_text(args.out / f"ablation-{'-'.join(n for n, _ in variants)}.md", text)
+    stem = f"ablation-{'-'.join(n for n, _ in variants)}-seeds{'+'.join(map(str, args.seeds))}"
+    write_json(args.out / f"{stem}.json", {"header": header, "rows": rows, "runs": runs, "ensembles": ensembles})
+    write_text(args.out / f"{stem}.md", text)
     print(text)
     return 0
 

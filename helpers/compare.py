@@ -152,6 +152,8 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
         text += f", loss {LOSS_NAMES[recipe['loss']]}"
     if recipe.get("select") not in (None, "last"):
         text += f", weights: {recipe['select']}"
+    if recipe.get("encoder_bn") == "frozen":
+        text += ", encoder BatchNorm statistics frozen"
     return text
 
 

@@ -31,7 +31,7 @@ from .external import ExternalSet, check_readable, external_sets, parse_spec
 from .model import SegmentationModel, build_model, parameter_counts
 from .plots import live_loss_curve
 from .recipe import LOSSES, SCHEDULES
-from .train import SELECTS, evaluate, fit, make_loader, resolve_device
+from .train import ENCODER_BN, SELECTS, evaluate, fit, make_loader, resolve_device
 
 SOURCES = ("auto", "isic2016", "synthetic")
 LABELS = SOURCE_LABELS
@@ -71,6 +71,7 @@ class RunConfig:
     m3_loss: str = "bce_dice"       # "bce", "bce_dice" or "bce_lovasz"
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
     m3_select: str = "last"         # "last" epoch, "best" validation Jaccard (needs a validation split), "ema" average
+    m3_encoder_bn: str = "train"    # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its saved ones)
     m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
@@ -86,7 +87,8 @@ class RunConfig:
                              f"got seeds={self.seeds}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
-        for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS)):
+        for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
+                              ("m3_encoder_bn", ENCODER_BN)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -332,14 +334,14 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last"}
+REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train"}
 
 
 def model3_recipe(cfg: RunConfig) -> dict:
     """Model 3's training recipe from the run's settings (working size, epochs and the ingredients)."""
     return {"image_size": cfg.m3_image_size or cfg.image_size, "epochs": cfg.m3_epochs or cfg.epochs,
             "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
-            "ensemble": cfg.m3_ensemble}
+            "encoder_bn": cfg.m3_encoder_bn, "ensemble": cfg.m3_ensemble}
 
 
 def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
@@ -371,7 +373,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=cfg.lr,
                   seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
                   select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"],
-                  label=label, on_epoch=live)
+                  encoder_bn=recipe["encoder_bn"], label=label, on_epoch=live)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.scored, cfg.batch_size, False, None, dev), dev, keep_probs=True)
     rows = metrics.per_image_rows(ev["ids"], d.scored.sizes, ev["counts"])

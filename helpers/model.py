@@ -115,16 +115,23 @@ class SegmentationModel(nn.Module):
         self.encoder, self.decoder = encoder, decoder
         self.head = nn.Conv2d(decoder.out_channels, 1, kernel_size=1)
         self.encoder_frozen = freeze_encoder
+        self.encoder_bn_frozen = False  # fine-tuning with the encoder's BatchNorm statistics fixed (fit's encoder_bn)
         self.config = config
         if freeze_encoder:
             self.encoder.requires_grad_(False)
             self.encoder.eval()
 
     def train(self, mode: bool = True):
-        """Like nn.Module.train, but a frozen encoder stays in eval mode (BatchNorm stats fixed)."""
+        """Like nn.Module.train, but a frozen encoder stays in eval mode (BatchNorm stats fixed), and so do
+        the encoder's BatchNorm layers when ``encoder_bn_frozen`` (they normalise with their saved
+        statistics instead of each batch's, while their scale and shift still train)."""
         super().train(mode)
         if self.encoder_frozen:
             self.encoder.eval()
+        elif self.encoder_bn_frozen:
+            for module in self.encoder.modules():
+                if isinstance(module, nn.modules.batchnorm._BatchNorm):
+                    module.eval()
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

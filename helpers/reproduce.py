@@ -32,7 +32,7 @@ from .io import write_json, write_text
 from .model import load_encoder_features, weights_argument
 from .runlock import hold_run_folder
 from .recipe import LOSSES, SCHEDULES
-from .train import SELECTS, resolve_device
+from .train import ENCODER_BN, SELECTS, resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
              "04_model3_unet_decoder.ipynb", "05_comparison.ipynb")  # in numbered order; 05 reads 02, 03 and 04
@@ -58,7 +58,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
+            "M3_SELECT": cfg.m3_select, "M3_ENCODER_BN": cfg.m3_encoder_bn, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
             "EXTERNAL": cfg.external}
 
 
@@ -230,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m3-select", choices=SELECTS, default=d.m3_select,
                    help="Model 3's weights: the last epoch's, the best validation Jaccard's, or the moving "
                         "average of the weights (ema)")
+    p.add_argument("--m3-encoder-bn", choices=ENCODER_BN, default=d.m3_encoder_bn,
+                   help="the encoder's BatchNorm while Model 3 fine-tunes: batch statistics (train) or the "
+                        "statistics its weights came with (frozen)")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--m3-ensemble", action="store_true",
@@ -266,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
                     tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
-                    m3_ensemble=args.m3_ensemble,
+                    m3_encoder_bn=args.m3_encoder_bn, m3_ensemble=args.m3_ensemble,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)

@@ -24,6 +24,7 @@ from .progress import progress_bar
 
 EVAL_SPLITS = {"test": "test", "validation": "val"}  # split scored after every epoch -> its history key prefix
 SELECTS = ("last", "best", "ema")  # which weights fit keeps
+ENCODER_BN = ("train", "frozen")  # the encoder's BatchNorm while fine-tuning: batch statistics, or its saved ones
 EMA_DECAY = 0.995  # select="ema" without decays: about 200 steps (5 epochs of 645 images in batches of 16)
 
 
@@ -210,7 +211,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
         augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
-        on_epoch=None, ema=(), encoder_lr: float = 1.0) -> list[dict]:
+        on_epoch=None, ema=(), encoder_lr: float = 1.0, encoder_bn: str = "train") -> list[dict]:
     """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
     The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
@@ -230,6 +231,10 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     - encoder_lr: the encoder's learning rate as a fraction of ``lr`` (1: one rate for all, the
       report's; below 1 the pretrained encoder moves more slowly than the decoder; runs saved
       before it existed resume as 1);
+    - encoder_bn: "train" (the encoder's BatchNorm layers normalise with each batch's statistics and
+      update their running ones, as nn.Module.train does: the report's) or "frozen" (they keep the
+      statistics the weights came with, while their scale and shift train); runs saved before it
+      existed resume as "train";
     - loss: "bce", "bce_dice" or "bce_lovasz" (:func:`helpers.recipe.make_loss`);
     - schedule: "constant", "cosine" or "onecycle" (:func:`helpers.recipe.make_scheduler`, stepped
       per batch, ``warmup_epochs`` of linear warm-up for "cosine").
@@ -263,6 +268,9 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     model.to(dev)
     if not 0 < encoder_lr <= 1:
         raise ValueError(f"encoder_lr is a fraction of lr in (0, 1], got {encoder_lr!r}")
+    if encoder_bn not in ENCODER_BN:
+        raise ValueError(f"encoder_bn must be one of {', '.join(ENCODER_BN)}, got {encoder_bn!r}")
+    model.encoder_bn_frozen = encoder_bn == "frozen"
     optimizer = torch.optim.NAdam(parameter_groups(model, lr, encoder_lr), lr=lr)
     train_loader = make_loader(train_set, batch_size, True, generator, dev)
     test_loader = make_loader(test_set, batch_size, False, None, dev)
@@ -278,7 +286,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 "n_test": len(test_set), "eval_split": eval_split, "select": select,
                 "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
                 "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))",
-                "ema": ", ".join(map(str, ema)) or "off", "encoder_lr": float(encoder_lr)}
+                "ema": ", ".join(map(str, ema)) or "off", "encoder_lr": float(encoder_lr),
+                "encoder_bn": encoder_bn}
     precision = {"amp": amp, "channels_last": channels_last}
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))

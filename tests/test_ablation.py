@@ -21,12 +21,14 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
-            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine"]
+            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen"]
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
+    lines = {line.split(" | ")[0]: line for line in printed.splitlines() if line.startswith("| ")}
+    assert "encoder_bn frozen" in lines["| recipe"] and "encoder_bn" not in lines["| plain"]  # named where changed
     split = json.loads((out / "split.json").read_text())
-    report = json.loads((out / "ablation-plain-recipe.json").read_text())
+    report = json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())
     assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("plain", 0), ("plain", 1), ("recipe", 0), ("recipe", 1)]
     for run in report["runs"]:
         scored = (out / run["variant"] / f"seed{run['seed']}" / "original" / "per_image.csv").read_text()
@@ -47,7 +49,12 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     assert "| recipe ensemble |" in printed and "0+1 (one ensemble)" in printed and "| recipe +ema0.99 |" in printed
     # a rerun reuses the finished trainings and gives the same table
     assert ablation.main(args) == 0
-    assert json.loads((out / "ablation-plain-recipe.json").read_text())["rows"] == report["rows"]
+    assert json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())["rows"] == report["rows"]
+    # one seed of the same variants: a table of its own, the two-seed one kept
+    assert ablation.main([*args[:5], "1", *args[7:]]) == 0
+    one = json.loads((out / "ablation-plain-recipe-seeds1.json").read_text())
+    assert [(r["variant"], r["seed"]) for r in one["runs"]] == [("plain", 1), ("recipe", 1)]
+    assert json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())["rows"] == report["rows"]
 
 
 def test_a_folder_without_a_training_split_is_one_error_line(tmp_path, capsys):
@@ -67,8 +74,8 @@ def test_a_weights_file_named_relatively_reuses_the_trainings_made_with_its_abso
     args = ["--data-dir", str(train_only), "--seeds", "0", "--out", str(tmp_path / "abl"), "--cache-dir",
             str(tmp_path / "cache"), "--quiet", "--variants", "plain=image_size:32,epochs:1"]
     assert ablation.main(["--encoder-weights", str(weights), *args]) == 0
-    first = json.loads((tmp_path / "abl" / "ablation-plain.json").read_text())["runs"][0]
+    first = json.loads((tmp_path / "abl" / "ablation-plain-seeds0.json").read_text())["runs"][0]
     monkeypatch.chdir(weights.parent)
     assert ablation.main(["--encoder-weights", "encoder.pth", *args]) == 0  # no "other settings" error
-    again = json.loads((tmp_path / "abl" / "ablation-plain.json").read_text())["runs"][0]
+    again = json.loads((tmp_path / "abl" / "ablation-plain-seeds0.json").read_text())["runs"][0]
     assert again["train_seconds"] == first["train_seconds"] and again["weights"] == "file:encoder.pth"

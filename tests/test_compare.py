@@ -3,11 +3,11 @@
 from helpers import compare
 
 
-def _result(seeds=2, tta=False):
+def _result(seeds=2, tta=False, **recipe):
     value = {"mean": 0.86, "std": 0.002, "per_seed": [0.86] * seeds}
     scores = {k: value for k in ("jaccard", "dice", "accuracy")}
     metrics = {"n_test": 161, "scored_split": "validation", "resolution": "128x128",
-               "recipe": {"epochs": 50, "select": "last", "loss": "bce_lovasz"}}
+               "recipe": {"epochs": 50, "select": "last", "loss": "bce_lovasz", **recipe}}
     summary = {"data_source": "ISIC 2016 (real)", "scored_split": "validation", "original": scores,
                **({"original_tta": scores} if tta else {})}
     return {"summary": summary, "runs": [{"metrics": metrics}] * seeds}
@@ -26,6 +26,9 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
     assert "2 seeds" in ours["conditions"] and "50 epochs, loss BCEWithLogitsLoss + Lovasz hinge" in ours["conditions"]
     assert "flips" in table.iloc[1]["conditions"]
     assert all(isinstance(c, str) and c for c in table["conditions"])
+    assert "BatchNorm" not in ours["conditions"]
+    frozen = compare.challenge_table({"model3_unet": _result(encoder_bn="frozen")}).iloc[0]["conditions"]
+    assert frozen.endswith("Lovasz hinge, encoder BatchNorm statistics frozen")
 
 
 def test_the_challenge_table_without_results_still_shows_the_published_rows():

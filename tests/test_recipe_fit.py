@@ -91,7 +91,7 @@ def test_a_run_saved_before_the_recipe_settings_existed_still_resumes(splits, tm
     history = train.fit(model, *splits, epochs=1, batch_size=4, seed=0, device="cpu", out_dir=tmp_path,
                         progress=False, log=None)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    for key in ("eval_split", "select", "augment", "schedule"):
+    for key in ("eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn"):
         del ckpt["settings"][key]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     lines = []
@@ -166,21 +166,22 @@ def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
     assert all(torch.equal(v, tracked.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
-def test_the_main_job_trains_model3_with_the_lovasz_loss_and_the_weight_average(tiny_isic, tmp_path):
+def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_and_frozen_bn(tiny_isic, tmp_path):
     from helpers import experiment
     from helpers.experiment import RunConfig
 
     c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
                   cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
-                  m3_loss="bce_lovasz", m3_select="ema")
+                  m3_loss="bce_lovasz", m3_select="ema", m3_encoder_bn="frozen")
     d = experiment.prepare_data(c, log=lambda line: None)
     model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
     result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
     assert result["metrics"]["recipe"]["loss"] == "bce_lovasz" and result["metrics"]["recipe"]["select"] == "ema"
     ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["loss"] == "BCEWithLogitsLoss + Lovasz hinge" and ckpt["settings"]["select"] == "ema"
+    assert result["metrics"]["recipe"]["encoder_bn"] == "frozen" and ckpt["settings"]["encoder_bn"] == "frozen"
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
-    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}):
+    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
             RunConfig(**bad)
 
@@ -205,3 +206,27 @@ def test_the_encoder_can_learn_at_a_fraction_of_the_decoders_rate(splits, tmp_pa
     assert settings["slow"]["encoder_lr"] == 0.01 and settings["fast"]["encoder_lr"] == 1
     with pytest.raises(ValueError, match="encoder_lr"):
         _fit(*splits, tmp_path / "bad", epochs=1, encoder_lr=0)
+
+
+def test_fine_tuning_can_keep_the_encoders_batchnorm_statistics(splits, tmp_path):
+    bn = lambda m, part: [mod for name, mod in m.named_modules()
+                          if name.startswith(part) and isinstance(mod, torch.nn.BatchNorm2d)]
+    torch.manual_seed(3)
+    start = build_model(False, encoder_weights=None, decoder="unet").state_dict()
+    kept, _ = _fit(*splits, tmp_path / "kept", epochs=1, encoder_bn="frozen", schedule="constant", select="last")
+    batch, _ = _fit(*splits, tmp_path / "batch", epochs=1, schedule="constant", select="last")
+    stats = lambda m: {k: v for k, v in m.state_dict().items() if k.startswith("encoder.") and "running_" in k}
+    assert stats(kept) and all(torch.equal(v, start[k]) for k, v in stats(kept).items())  # never updated
+    assert not all(torch.equal(v, start[k]) for k, v in stats(batch).items())
+    moved = lambda m: [k for k, v in m.state_dict().items() if k.startswith("encoder.") and k.endswith(".bias")
+                       and not torch.equal(v, start[k])]
+    assert moved(kept)  # the encoder itself, BatchNorm scale and shift included, still trains
+    decoder = {k: v for k, v in kept.state_dict().items() if k.startswith("decoder.") and "running_mean" in k}
+    assert decoder and not all(torch.equal(v, start[k]) for k, v in decoder.items())  # the decoder's BN is untouched
+    kept.train()
+    assert all(not m.training for m in bn(kept, "encoder.")) and all(m.training for m in bn(kept, "decoder."))
+    assert kept.encoder.stages[0].training  # only BatchNorm is held in eval mode, not the whole encoder
+    settings = lambda name: json.loads((tmp_path / name / "history.json").read_text())["settings"]
+    assert settings("kept")["encoder_bn"] == "frozen" and settings("batch")["encoder_bn"] == "train"
+    with pytest.raises(ValueError, match="encoder_bn must be one of"):
+        _fit(*splits, tmp_path / "bad", epochs=1, encoder_bn="fixed")
