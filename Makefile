@@ -21,8 +21,8 @@ TTA ?=
 M3_ENSEMBLE ?=
 # Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, VAL_FRACTION, SPLIT_SEED,
 # ISIC_URL, MAX_PIXELS, EXTERNAL, M3_IMAGE_SIZE, M3_EPOCHS, M3_AUGMENT (on|off), M3_LOSS, M3_SCHEDULE, M3_SELECT,
-# M3_ENCODER_BN (train|frozen).
-OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_IMAGE_SIZE M3_EPOCHS M3_AUGMENT M3_LOSS M3_SCHEDULE M3_SELECT M3_ENCODER_BN
+# M3_RECIPE (default|strong), M3_ENCODER_BN (train|frozen).
+OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_RECIPE M3_IMAGE_SIZE M3_EPOCHS M3_AUGMENT M3_LOSS M3_SCHEDULE M3_SELECT M3_ENCODER_BN
 option = $(if $($(1)),--$(subst _,-,$(shell echo $(1) | tr A-Z a-z)) $($(1)))
 REPRODUCE_ARGS ?=
 
@@ -40,7 +40,7 @@ venv: $(STAMP)
 reproduce: $(STAMP)
 	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --seeds $(SEEDS) --device $(DEVICE) \
-	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta) $(if $(M3_ENSEMBLE),--m3-ensemble) \
+	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta $(filter dihedral flips,$(TTA))) $(if $(M3_ENSEMBLE),--m3-ensemble) \
 	  $(foreach v,$(OPTIONAL),$(call option,$(v))) $(REPRODUCE_ARGS)
 
 test: $(STAMP)

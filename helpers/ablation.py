@@ -11,14 +11,14 @@ the last epoch's weights; the history gives, for free, what choosing the best va
 have scored (an optimistic number, since it is chosen on the same images).
 
 Four more scores come free with the same trainings (no training of their own): each training is also
-scored with flip test-time augmentation (TTA); it keeps moving averages of its weights
+scored with flip and with dihedral test-time augmentation (TTA); it keeps moving averages of its weights
 (:data:`EMA_DECAYS`, updated after every step, which does not change the training itself), each
 scored as a row ``<variant> +ema<decay>``; and the seeds of a variant are scored together as one
 ensemble (the mean of their probabilities), a row ``<variant> ensemble``: one number over the seeds,
 with no spread.
 
 Writes ``OUT/<variant>/seed<k>/`` (the training, resumable and reused like any other, with its
-scores in ``original/``, ``original_tta/`` and ``ema<decay>/``), ``OUT/<variant>/ensemble/`` and
+scores in ``original/``, ``original_tta/``, ``original_dihedral/`` and ``ema<decay>/``), ``OUT/<variant>/ensemble/`` and
 ``OUT/ablation-<variants>-seeds<seeds>.json`` and ``.md`` (the table, e.g. ``ablation-full-full-50ep-seeds0+1.md``);
 prints the table.
 """
@@ -48,7 +48,8 @@ from .train import fit
 
 # Model 3 trained with the report's recipe; every variant changes some of these
 BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
-        "encoder_lr": 1.0, "encoder_bn": "train"}
+        "encoder_lr": 1.0, "encoder_bn": "train", "rotate": 0.0,
+        "widths": ""}  # widths: the decoder's four channel widths, e.g. 192-128-64-32 ("": the decoder's own)
 FULL = {"augment": "on", "loss": "bce_dice", "schedule": "cosine"}
 VARIANTS = {
     "model2": {"decoder": "report"},  # Model 2 (the report's decoder and recipe), for reference
@@ -67,8 +68,11 @@ VARIANTS = {
     "full-bnfrozen": {**FULL, "encoder_bn": "frozen"},  # the encoder's BatchNorm keeps its saved statistics
     "full-bnfrozen-50ep": {**FULL, "encoder_bn": "frozen", "epochs": 50},
     "full-bnfrozen@192": {**FULL, "encoder_bn": "frozen", "image_size": 192},
+    "full-bnfrozen-100ep": {**FULL, "encoder_bn": "frozen", "epochs": 100},
+    "full-bnfrozen-rot45": {**FULL, "encoder_bn": "frozen", "rotate": 45.0},  # and any angle up to 45 degrees
+    "full-bnfrozen-wide": {**FULL, "encoder_bn": "frozen", "widths": "192-128-64-32"},  # twice the U-Net's widths
 }
-QUIET = ("encoder_lr", "encoder_bn")  # recipe keys the table names only where a variant changes them
+QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths")  # recipe keys the table names only where a variant changes them
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
 
@@ -95,11 +99,12 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     r = {**BASE, **recipe}
     train, val = subset(full, split["train_ids"]), subset(full, split["validation_ids"])
     torch.manual_seed(seed)
-    model = build_model(False, encoder_weights=weights, decoder=r["decoder"], progress=False)
+    model = build_model(False, encoder_weights=weights, decoder=r["decoder"], progress=False,
+                        decoder_widths=decoder_widths(r["widths"]))
     folder = out / name / f"seed{seed}"
     history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
-                  augment=r["augment"] == "on", loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
+                  augment=augment_option(r), loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
                   encoder_lr=r["encoder_lr"], encoder_bn=r["encoder_bn"])
     t0 = time.perf_counter()
     score = partial(_score, root=root, ids=split["validation_ids"], batch_size=batch_size, device=device)
@@ -121,11 +126,34 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
             "val_jaccard_per_epoch_working": [row["val_iou"] for row in history]}
 
 
+def decoder_widths(text: str) -> list[int] | None:
+    """``192-128-64-32`` -> [192, 128, 64, 32]; "" -> None (the decoder's own widths)."""
+    if not text:
+        return None
+    try:
+        widths = [int(w) for w in text.split("-")]
+    except ValueError:
+        widths = []
+    if len(widths) != 4 or min(widths) < 1:
+        raise ProjectError(f"widths:{text}: give the decoder's four channel widths as positive integers, e.g. 192-128-64-32")
+    return widths
+
+
+def augment_option(recipe: dict):
+    """fit's ``augment`` for a variant: off, on (the defaults), or on with a rotation of up to ``rotate`` degrees."""
+    if recipe["augment"] != "on":
+        if recipe["rotate"]:
+            raise ProjectError(f"rotate:{recipe['rotate']:g} rotates the augmented batches, so it needs augment:on")
+        return False
+    return {"rotate": recipe["rotate"]} if recipe["rotate"] else True
+
+
 def _score(checkpoint, folder: Path, *, root: Path, ids: list[str], batch_size: int, device: str) -> dict:
     """Validation Jaccard and Dice at the original size of one checkpoint (or a list: an ensemble),
-    without and with flip TTA, written to ``folder/original`` and ``folder/original_tta``."""
+    without TTA, with flip TTA and with dihedral TTA, written to ``folder/original``, ``folder/original_tta``
+    and ``folder/original_dihedral``."""
     out = {}
-    for key, tta in (("", False), ("_tta", True)):
+    for key, tta in (("", False), ("_tta", "flips"), ("_dihedral", "dihedral")):
         s = evaluate_checkpoint(checkpoint, root, "train", folder / f"original{key}", batch_size=batch_size,
                                 device=device, tta=tta, progress=False, ids=ids)
         out |= {f"val_jaccard{key}": s["macro"]["jaccard"], f"val_dice{key}": s["macro"]["dice"]}
@@ -140,7 +168,7 @@ def ensemble(name: str, mine: list[dict], out: Path, **score) -> dict:
             **_score(checkpoints, folder, **score), "train_seconds": sum(r["train_seconds"] for r in mine)}
 
 
-SCORED = ("val_jaccard", "val_jaccard_tta", "val_dice", "val_jaccard_last_epoch_working",
+SCORED = ("val_jaccard", "val_jaccard_tta", "val_jaccard_dihedral", "val_dice", "val_jaccard_last_epoch_working",
           "val_jaccard_best_epoch_working", "train_seconds")
 
 
@@ -192,16 +220,16 @@ def markdown(rows: list[dict], header: str, by_epoch: list[dict] = ()) -> str:
             return "-"
         return f"{v['mean']:.{digits}f}" + ("" if v["sd"] is None else f" ± {v['sd']:.{digits}f}")
 
-    lines = [header, "", "| variant | recipe | seeds | val Jaccard (original size) | with flip TTA | val Dice | "
-             "best-epoch val Jaccard (working size, optimistic) | training min per seed |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    lines = [header, "", "| variant | recipe | seeds | val Jaccard (original size) | with flip TTA | with dihedral TTA "
+             "| val Dice | best-epoch val Jaccard (working size, optimistic) | training min per seed |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         recipe = ", ".join(f"{k} {v}" for k, v in r["recipe"].items() if k not in QUIET or v != BASE[k])
         seeds = f"{'+'.join(map(str, r['seeds']))} (one ensemble)" if r.get("ensemble") else len(r["seeds"])
         minutes = {k: v / 60 / (len(r["seeds"]) if r.get("ensemble") else 1) if v is not None else None
                    for k, v in r["train_seconds"].items()}
         lines.append(f"| {r['variant']} | {recipe} | {seeds} | {ms(r['val_jaccard'])} | {ms(r.get('val_jaccard_tta'))} | "
-                     f"{ms(r['val_dice'])} | {ms(r.get('val_jaccard_best_epoch_working'))} | {ms(minutes, 1)} |")
+                     f"{ms(r.get('val_jaccard_dihedral'))} | {ms(r['val_dice'])} | {ms(r.get('val_jaccard_best_epoch_working'))} | {ms(minutes, 1)} |")
     shown = [k for k in EPOCHS_SHOWN if any(k in r for r in by_epoch)]
     if shown:
         lines += ["", "Validation Jaccard (working size) after k epochs, constant learning rate:", "",
@@ -247,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
                                   progress=not args.quiet)
                 runs.append(run)
                 print(f"{name} seed {seed}: val Jaccard {run['val_jaccard']:.4f} (original size; flip TTA "
-                      f"{run['val_jaccard_tta']:.4f}; " + ", ".join(f"ema {d} {v['val_jaccard']:.4f}" for d, v in
+                      f"{run['val_jaccard_tta']:.4f}, dihedral TTA {run['val_jaccard_dihedral']:.4f}; " + ", ".join(f"ema {d} {v['val_jaccard']:.4f}" for d, v in
                                                                   run["ema"].items()) +
                       f"), trained in {run['train_seconds'] / 60:.1f} min ({time.perf_counter() - t0:.0f} s with "
                       "scoring)", flush=True)
@@ -256,7 +284,8 @@ def main(argv: list[str] | None = None) -> int:
                 ensembles.append(ensemble(name, mine, args.out, root=args.data_dir, ids=split["validation_ids"],
                                           batch_size=args.batch_size, device=args.device))
                 print(f"{name}, seeds {args.seeds} as one ensemble: val Jaccard {ensembles[-1]['val_jaccard']:.4f} "
-                      f"(flip TTA {ensembles[-1]['val_jaccard_tta']:.4f})", flush=True)
+                      f"(flip TTA {ensembles[-1]['val_jaccard_tta']:.4f}, dihedral TTA "
+                      f"{ensembles[-1]['val_jaccard_dihedral']:.4f})", flush=True)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)
         return 1

@@ -11,6 +11,7 @@ import pandas as pd
 
 from pathlib import Path
 
+from .evaluate import tta_label, tta_mode
 from .experiment import load_result, mean_sd
 from .recipe import LOSS_NAMES
 
@@ -116,9 +117,10 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
                      "dice": _fmt(res, "original", "dice"), "accuracy": _fmt(res, "original", "accuracy"),
                      "conditions": conditions})
         if "original_tta" in res["summary"]:
-            rows.append({"method": f"{MODELS[name]} - ours with flip TTA", "jaccard": _fmt(res, "original_tta", "jaccard"),
+            mode = tta_of(res)
+            rows.append({"method": f"{MODELS[name]} - ours with {tta_label(mode)}", "jaccard": _fmt(res, "original_tta", "jaccard"),
                          "dice": _fmt(res, "original_tta", "dice"), "accuracy": _fmt(res, "original_tta", "accuracy"),
-                         "conditions": conditions + "; mean logits of the image and its two flips"})
+                         "conditions": conditions + TTA_CONDITIONS[mode]})
         rows += _ensemble_rows(name, res)
     rows += [{k: p.get(k, "-") for k in CHALLENGE_COLUMNS} for p in PUBLISHED]
     return pd.DataFrame(rows, columns=CHALLENGE_COLUMNS).set_index("method")
@@ -127,14 +129,23 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
 def _ensemble_rows(name: str, result: dict) -> list[dict]:
     """The rows of a model's seeds scored as one ensemble (M3_ENSEMBLE), when they were: one number each."""
     ensemble, rows = result["summary"].get("ensemble"), []
-    for key, what in (("original", ""), ("original_tta", " with flip TTA")):
+    for key, what in (("original", ""), ("original_tta", f" with {tta_label(tta_of(result))}")):
         if ensemble and key in ensemble:
             seeds = "+".join(map(str, ensemble["seeds"]))
             rows.append({"method": f"{MODELS[name]} - ours, seeds {seeds} as one ensemble{what}",
                          **{k: f"{ensemble[key][k]:.4f}" for k in ("jaccard", "dice", "accuracy")},
                          "conditions": _our_conditions(result, ensemble=True)
-                         + ("; mean logits of the image and its two flips" if what else "")})
+                         + (TTA_CONDITIONS[tta_of(result)] if what else "")})
     return rows
+
+
+TTA_CONDITIONS = {"flips": "; mean logits of the image and its two flips",
+                  "dihedral": "; mean logits of the image's 8 rotations and flips"}
+
+
+def tta_of(result: dict) -> str:
+    """The TTA mode of a model's ``original_tta`` scores: "flips" (also for runs saved before modes existed)."""
+    return tta_mode((result["runs"][0]["metrics"].get("original_tta") or {}).get("tta", True)) or "flips"
 
 
 def _our_conditions(result: dict, ensemble: bool = False) -> str:
@@ -146,6 +157,8 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
               f"mean ± sd over {seeds} seeds" if seeds > 1 else "one seed")
     text = (f"{first.get('n_test', '?')} {first.get('scored_split', 'test')} images, the model at "
             f"{first.get('resolution', '?')}, scored at each image's original size; {spread}")
+    if recipe.get("preset") not in (None, "default"):
+        text += f"; recipe {recipe['preset']!r}"
     if recipe.get("epochs"):
         text += f"; {recipe['epochs']} epochs"
     if recipe.get("loss") in LOSS_NAMES:

@@ -3,7 +3,7 @@
     python -m helpers.evaluate --checkpoint CKPT --data-dir ROOT [--split test] --out DIR [options]
     python -m helpers.evaluate --checkpoint CKPT --images DIR [--masks DIR [--mask-suffix _Segmentation]]
                                --out DIR [options]
-    options: [--batch-size 16] [--device auto] [--tta] [--image-size N] [--max-pixels N] [--overlays [--worst 12]]
+    options: [--batch-size 16] [--device auto] [--tta [flips|dihedral]] [--image-size N] [--max-pixels N] [--overlays [--worst 12]]
              [--quiet]
 
 ``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
@@ -27,7 +27,8 @@ height x width and binarised at probability 0.5 (logit >= 0). Written under DIR:
 
 The image size comes from ``--image-size``, else ``ckpt["settings"]["image_size"]``, else 128 (the
 report's size); summary.json records which ("image_size_source"). ``--tta`` averages the logits of
-the image and of its horizontal and vertical flips (flipped back); it is off by default. Several
+the image and of its horizontal and vertical flips (flipped back); ``--tta dihedral`` averages those
+of its 8 rotations and flips (the symmetries of the square, each undone); it is off by default. Several
 checkpoints (``--checkpoint A B ...``) are scored as one ensemble: the mean of their probabilities
 at the original size, binarised at 0.5.
 """
@@ -61,19 +62,47 @@ DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor 
 MASK_SUFFIX = "_segmentation.png"
 
 
+TTA_MODES = ("flips", "dihedral")  # the views test-time augmentation averages (see predict_logits)
+
+
+def tta_mode(tta) -> str | None:
+    """None for no TTA (None, False, "off"); "flips" for True or "flips"; "dihedral" for "dihedral"."""
+    if tta is None or tta is False or tta == "off":
+        return None
+    if tta is True:
+        return "flips"
+    if tta in TTA_MODES:
+        return tta
+    raise ProjectError(f"tta must be off, on (flips) or one of {', '.join(TTA_MODES)}, got {tta!r}")
+
+
+def tta_label(tta) -> str:
+    """How a TTA mode is named in tables and lines: "flip TTA" or "dihedral TTA"."""
+    return {"flips": "flip TTA", "dihedral": "dihedral TTA"}.get(tta_mode(tta), "no TTA")
+
+
 @torch.no_grad()
-def predict_logits(model: torch.nn.Module, images: torch.Tensor, tta: bool = False) -> torch.Tensor:
+def predict_logits(model: torch.nn.Module, images: torch.Tensor, tta=False) -> torch.Tensor:
     """uint8 B x 3 x S x S -> logits float32 B x 1 x S x S (model's device).
 
-    With ``tta``: the mean of the logits of the images, their horizontal flips and their vertical
-    flips, each flipped back (one forward pass over 3B images).
+    ``tta`` (see :func:`tta_mode`): "flips" (or True) is the mean of the logits of the images, their
+    horizontal flips and their vertical flips, each flipped back (one forward pass over 3B images);
+    "dihedral" is the mean over the 8 symmetries of the square: rotations by 0, 90, 180 and 270
+    degrees, each with and without a horizontal flip, each undone on the logits (8B images).
     """
     device = next(model.parameters()).device
     x = images.to(device).float().div_(255)
-    if not tta:
+    mode = tta_mode(tta)
+    if mode is None:
         return model(x)
-    plain, hflip, vflip = model(torch.cat([x, x.flip(-1), x.flip(-2)])).chunk(3)
-    return (plain + hflip.flip(-1) + vflip.flip(-2)) / 3
+    if mode == "flips":
+        plain, hflip, vflip = model(torch.cat([x, x.flip(-1), x.flip(-2)])).chunk(3)
+        return (plain + hflip.flip(-1) + vflip.flip(-2)) / 3
+    views = [(k, flip) for k in range(4) for flip in (False, True)]
+    turned = [torch.rot90(x.flip(-1) if flip else x, k, (-2, -1)) for k, flip in views]
+    outs = model(torch.cat(turned)).chunk(len(views))
+    undone = [torch.rot90(o, -k, (-2, -1)) for o, (k, _) in zip(outs, views)]
+    return sum(u.flip(-1) if flip else u for u, (_, flip) in zip(undone, views)) / len(views)
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -192,6 +221,7 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
     checkpoints = [Path(c) for c in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
     if batch_size < 1:
         raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
+    tta_mode(tta)  # a bad mode fails before any model is loaded
     try:
         dev = resolve_device(device)
     except RuntimeError as exc:
@@ -233,7 +263,8 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
     summary = {"n_images": len(samples), "ground_truth": has_truth, "macro": None, "micro": None,
                "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints],
                "ensemble": len(checkpoints), **source,
-               "image_size": image_size, "image_size_source": size_source, "tta": bool(tta),
+               "image_size": image_size, "image_size_source": size_source, "tta": tta_mode(tta) is not None,
+               "tta_mode": tta_mode(tta),
                "resolution": "original", "model": ckpt.get("config"), "settings": settings}
     if has_truth:
         counts = torch.cat(counts)
@@ -266,7 +297,8 @@ def worst_sheet(out_dir: Path, per_image: list[dict], overlay_dir: Path, n: int)
 def summary_line(summary: dict, out_dir) -> str:
     """The one-line report printed by the CLI."""
     which = f"{summary['split']} images" if summary["split"] else f"images of {summary['images_dir']}"
-    head = f"evaluate: {summary['n_images']} {which}{' (TTA)' if summary['tta'] else ''}"
+    tta = f" ({tta_label(summary.get('tta_mode') or True)})" if summary["tta"] else ""
+    head = f"evaluate: {summary['n_images']} {which}{tta}"
     scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
               if summary["macro"] else "no ground truth, masks only")
     extra = ""
@@ -304,7 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path, help="output folder (masks/, per_image.csv, summary.json)")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda")
-    parser.add_argument("--tta", action="store_true", help="average logits over identity, h-flip, v-flip (off by default)")
+    parser.add_argument("--tta", nargs="?", const="flips", default=None, choices=TTA_MODES,
+                        help="average the logits over the image, its h-flip and v-flip (--tta, or --tta flips) or "
+                             "over its 8 rotations and flips (--tta dihedral); off by default")
     parser.add_argument("--image-size", type=int, default=None,
                         help=f"model input size (default: the checkpoint's, else {DEFAULT_IMAGE_SIZE})")
     parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS,
@@ -323,7 +357,8 @@ def main(argv: list[str] | None = None) -> int:
             raise ProjectError(f"--worst must be at least 1, got {args.worst}")
         _check_inputs(args)
         if args.tta:
-            print("evaluate: test-time augmentation is ON (mean logits of the image, its h-flip and v-flip)")
+            print("evaluate: test-time augmentation is ON (mean logits of the image, "
+                  + ("its h-flip and v-flip)" if args.tta == "flips" else "its 8 rotations and flips)"))
         if args.images is not None:
             summary = evaluate_folders(args.checkpoint, args.images, args.masks, args.out,
                                        mask_suffix=args.mask_suffix or DEFAULT_MASK_SUFFIX, **options)

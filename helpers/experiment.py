@@ -21,12 +21,12 @@ from . import metrics, paths
 from . import download
 from .cache import TensorSegmentation, load_cached, load_dataset
 from .download import BASE_URL
-from .errors import DataError, DownloadError
+from .errors import DataError, DownloadError, ProjectError
 from .folders import SOURCE_LABELS, SPLITS, DataWarning, data_warnings, warning_lines
 from .images import DEFAULT_MAX_PIXELS
 from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
-from .evaluate import evaluate_checkpoint, evaluate_samples
+from .evaluate import evaluate_checkpoint, evaluate_samples, tta_label, tta_mode
 from .external import ExternalSet, check_readable, external_sets, parse_spec
 from .model import SegmentationModel, build_model, parameter_counts
 from .plots import live_loss_curve
@@ -58,20 +58,24 @@ class RunConfig:
     run_dir: str = "runs/interactive"   # outputs (relative paths are under the project root)
     figures_dir: str = "figures"
     cache_dir: str | None = "data/cache"
-    tta: bool = False               # also score with test-time augmentation (flips), reported separately
+    tta: bool | str = False         # also score with test-time augmentation, reported separately: True or
+    #                                 "flips" (the image and its two flips), "dihedral" (its 8 rotations and flips)
     progress: bool = True
     val_fraction: float | None = None  # held out of the training ids; None: 0.2 without a test split, else 0
     split_seed: int = 0             # seed of the held-out ids (the same for every training seed)
     isic_url: str = BASE_URL        # where DATA="auto"/"isic2016" downloads ISIC 2016 from when absent
-    # Model 3's recipe (ours; Models 1 and 2 keep the report's). None: the run's value.
+    # Model 3's recipe (ours; Models 1 and 2 keep the report's). m3_recipe names a preset of M3_RECIPES,
+    # whose values the settings below that are None take (m3_image_size None: the run's image_size).
+    m3_recipe: str = "default"      # "default", or "strong": longer and with the encoder's BatchNorm frozen
     m3_image_size: int | None = None
-    m3_epochs: int | None = None
+    m3_epochs: int | None = None    # None: the run's epochs times the preset's factor (1 for "default")
     # The defaults were chosen on a validation split of real ISIC 2016 training images (docs/models.md).
     m3_augment: bool = True         # flips, 90-degree rotations, scale and crop, colour jitter
     m3_loss: str = "bce_dice"       # "bce", "bce_dice" or "bce_lovasz"
     m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
     m3_select: str = "last"         # "last" epoch, "best" validation Jaccard (needs a validation split), "ema" average
-    m3_encoder_bn: str = "train"    # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its saved ones)
+    m3_encoder_bn: str | None = None  # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its
+    #                                   saved ones); None: the preset's
     m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
@@ -87,8 +91,14 @@ class RunConfig:
                              f"got seeds={self.seeds}")
         if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
+        try:
+            tta_mode(self.tta)
+        except ProjectError as exc:  # a bad setting, as for the others
+            raise ValueError(str(exc)) from None
+        if self.m3_recipe not in M3_RECIPES:
+            raise ValueError(f"m3_recipe must be one of {tuple(M3_RECIPES)}, got {self.m3_recipe!r}")
         for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
-                              ("m3_encoder_bn", ENCODER_BN)):
+                              ("m3_encoder_bn", (*ENCODER_BN, None))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -334,14 +344,23 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
+# Model 3's named recipes (M3_RECIPE): what its M3_* settings left at None become. "strong" is the
+# best recipe measured on a validation split of real ISIC 2016 training images (docs/models.md): twice
+# the epochs (50 with the report's 25), the encoder's BatchNorm statistics frozen; it trains for
+# about twice the time of "default".
+M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train"},
+              "strong": {"epochs_factor": 2, "encoder_bn": "frozen"}}
 REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train"}
 
 
 def model3_recipe(cfg: RunConfig) -> dict:
-    """Model 3's training recipe from the run's settings (working size, epochs and the ingredients)."""
-    return {"image_size": cfg.m3_image_size or cfg.image_size, "epochs": cfg.m3_epochs or cfg.epochs,
+    """Model 3's training recipe from the run's settings (working size, epochs and the ingredients):
+    each M3_* setting that is None takes the value of the named preset (cfg.m3_recipe, M3_RECIPES)."""
+    preset = M3_RECIPES[cfg.m3_recipe]
+    return {"preset": cfg.m3_recipe, "image_size": cfg.m3_image_size or cfg.image_size,
+            "epochs": cfg.m3_epochs or cfg.epochs * preset["epochs_factor"],
             "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
-            "encoder_bn": cfg.m3_encoder_bn, "ensemble": cfg.m3_ensemble}
+            "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"], "ensemble": cfg.m3_ensemble}
 
 
 def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
@@ -388,7 +407,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
                "micro": metrics.all_metrics(ev["counts"], "micro"),
                "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
     split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
-    for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
+    for key, tta in (("original", False), ("original_tta", tta_mode(cfg.tta))) if tta_mode(cfg.tta) else (("original", False),):
         challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, split_folder, out / key,
                                         batch_size=cfg.batch_size, device=cfg.device, tta=tta,
                                         progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
@@ -487,20 +506,20 @@ def seed_summary_of(per_seed: list[dict]) -> dict:
 
 def score_ensemble(cfg: RunConfig, d: Data, name: str, seeds: list[int]) -> dict:
     """The seeds' checkpoints scored as one model at each image's original size: the mean of their
-    probabilities, binarised at 0.5 (:func:`helpers.evaluate.ensemble_masks`), with flip TTA too
+    probabilities, binarised at 0.5 (:func:`helpers.evaluate.ensemble_masks`), with TTA too
     when cfg.tta. Writes ``run_dir/name/ensemble/original[_tta]/``; returns {"seeds", "original": macro
     metrics, ["original_tta": ...]} and prints one line."""
     folder = cfg.run_path / name
     split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
     out = {"seeds": seeds}
-    for key, tta in (("original", False), ("original_tta", True)) if cfg.tta else (("original", False),):
+    for key, tta in (("original", False), ("original_tta", tta_mode(cfg.tta))) if tta_mode(cfg.tta) else (("original", False),):
         scored = evaluate_checkpoint([folder / f"seed{s}" / "checkpoint.pt" for s in seeds], d.root, split_folder,
                                      folder / "ensemble" / key, batch_size=cfg.batch_size, device=cfg.device, tta=tta,
                                      progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
         out[key] = scored["macro"]
     print(f"{MODEL_LABELS.get(name, name)}: seeds {'+'.join(map(str, seeds))} as one ensemble: Jaccard "
           f"{out['original']['jaccard']:.4f} at the original size"
-          + (f", {out['original_tta']['jaccard']:.4f} with flip TTA" if "original_tta" in out else ""))
+          + (f", {out['original_tta']['jaccard']:.4f} with {tta_label(cfg.tta)}" if "original_tta" in out else ""))
     return out
 
 

@@ -22,8 +22,8 @@ _DRAWS = 10  # uniform numbers per sample: hflip, vflip, rot90, zoom, x shift, y
 
 def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Generator, *, flips: bool = True,
                   rot90: bool = True, scale: tuple[float, float] | None = (0.75, 1.25),
-                  jitter: tuple[float, float, float, float] | None = (0.2, 0.2, 0.2, 0.05)
-                  ) -> tuple[torch.Tensor, torch.Tensor]:
+                  jitter: tuple[float, float, float, float] | None = (0.2, 0.2, 0.2, 0.05),
+                  rotate: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Randomly augmented copies of a batch, with parameters drawn per sample; inputs are not modified.
 
     images: float B x 3 x S x S in [0, 1]; masks: float B x 1 x S x S in {0, 1} (square, same device).
@@ -36,6 +36,11 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
       out); one ``affine_grid`` + ``grid_sample`` over images and masks together, bilinear, masks
       thresholded at 0.5. Outside the source (zoom out) is zeros: black like a dermoscope's
       vignetted corners and background in the mask, never a mirrored copy of the lesion.
+    - rotate: a rotation by an angle drawn uniformly in [-rotate, rotate] degrees about the view's
+      centre (0: none), in the same ``affine_grid`` pass as the zoom; the corners it brings in from
+      outside the image are zeros, as for a zoom out. Its angle is one more uniform number per sample,
+      drawn after the others and only when ``rotate`` is on, so the other draws stay those of
+      ``rotate=0``.
     - jitter (brightness, contrast, saturation, hue): factors drawn in [1 - b, 1 + b], [1 - c, 1 + c],
       [1 - s, 1 + s] and a hue shift in [-h, h] turns (h <= 0.5), applied in that order as in
       torchvision's ColorJitter but as one 3 x 3 matrix and offset per sample: hue is a rotation of
@@ -62,8 +67,13 @@ def augment_batch(images: torch.Tensor, masks: torch.Tensor, generator: torch.Ge
     if flips or rot90:
         x = _dihedral(x, u[:, 0] < 0.5 if flips else None, u[:, 1] < 0.5 if flips else None,
                       (u[:, 2] * 4).long().clamp(max=3) if rot90 else None)
-    if scale is not None:
-        x = _zoom(x, scale, u[:, 3:6])
+    if rotate < 0:
+        raise ValueError(f"augment_batch: rotate must be a non-negative angle in degrees, got {rotate!r}")
+    angle = None
+    if rotate:
+        angle = math.radians(rotate) * (2 * torch.rand(len(images), generator=generator, device=images.device) - 1)
+    if scale is not None or angle is not None:
+        x = _zoom(x, scale or (1.0, 1.0), u[:, 3:6], angle)
     out, mask = x[:, :3], (x[:, 3:] > 0.5).to(masks.dtype)
     if jitter is not None:
         out = _jitter(out, jitter, u[:, 6:10])
@@ -92,15 +102,21 @@ def _dihedral(x: torch.Tensor, hflip, vflip, k) -> torch.Tensor:
     return torch.where(cols.view(view), x.flip(-1), x)
 
 
-def _zoom(x: torch.Tensor, scale: tuple[float, float], u: torch.Tensor) -> torch.Tensor:
-    """Zoom each sample by a factor in ``scale`` about a random centre; u: B x 3 uniforms (zoom, dx, dy)."""
+def _zoom(x: torch.Tensor, scale: tuple[float, float], u: torch.Tensor, angle: torch.Tensor | None = None
+          ) -> torch.Tensor:
+    """Zoom each sample by a factor in ``scale`` about a random centre; u: B x 3 uniforms (zoom, dx, dy);
+    angle: B rotations in radians (None: none), applied to the view about its centre."""
     lo, hi = scale
     if not 0 < lo <= hi:
         raise ValueError(f"augment_batch: scale must be (lo, hi) with 0 < lo <= hi, got {scale!r}")
     side = 1 / (lo + (hi - lo) * u[:, 0])  # the view's side as a fraction of the image's
     room = (1 - side).abs()  # how far the view's centre may move, in [-1, 1] coordinates
     theta = torch.zeros(len(x), 2, 3, dtype=x.dtype, device=x.device)
-    theta[:, 0, 0] = theta[:, 1, 1] = side
+    if angle is None:
+        theta[:, 0, 0] = theta[:, 1, 1] = side
+    else:
+        cos, sin = side * torch.cos(angle).to(x.dtype), side * torch.sin(angle).to(x.dtype)
+        theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = cos, -sin, sin, cos
     theta[:, :, 2] = room[:, None] * (2 * u[:, 1:] - 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -241,9 +257,15 @@ def augment_settings(augment) -> dict | None:
     raise ValueError(f"augment must be None, False, True, 'on', 'off' or a dict, got {augment!r}")
 
 
+# settings added after runs were recorded: left out of the description while off, so that the runs
+# recorded before them (and compared on resume) describe the same augmentation
+UNNAMED_WHEN_OFF = {"rotate": 0.0}
+
+
 def describe_augment(kwargs: dict) -> str:
     """One line naming the augmentation settings, as recorded in a run's settings."""
-    return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items()))
+    return ", ".join(f"{k}={list(v) if isinstance(v, tuple) else v}" for k, v in sorted(kwargs.items())
+                     if not (k in UNNAMED_WHEN_OFF and v == UNNAMED_WHEN_OFF[k]))
 
 
 class WeightAverage:

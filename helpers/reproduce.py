@@ -25,8 +25,9 @@ from pathlib import Path
 
 from . import paths
 from .errors import ProjectError
-from .experiment import (DATA_WARNINGS, RunConfig, check_data, environment, find_external, resolve_source,
+from .experiment import (DATA_WARNINGS, M3_RECIPES, RunConfig, check_data, environment, find_external, resolve_source,
                          write_data_warnings)
+from .evaluate import TTA_MODES
 from .external import parse_spec
 from .io import write_json, write_text
 from .model import load_encoder_features, weights_argument
@@ -58,7 +59,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select, "M3_ENCODER_BN": cfg.m3_encoder_bn, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
+            "M3_SELECT": cfg.m3_select, "M3_RECIPE": cfg.m3_recipe, "M3_ENCODER_BN": cfg.m3_encoder_bn, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
             "EXTERNAL": cfg.external}
 
 
@@ -221,8 +222,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "has no test split, else 0: the report's protocol)")
     p.add_argument("--split-seed", type=int, default=d.split_seed, help="seed of the held-out validation ids")
     p.add_argument("--isic-url", default=d.isic_url, help="where to download ISIC 2016 from when it is absent")
+    p.add_argument("--m3-recipe", choices=tuple(M3_RECIPES), default=d.m3_recipe,
+                   help="Model 3's named recipe: default, or strong (twice the epochs, the encoder's BatchNorm "
+                        "statistics frozen: the best measured, for about twice the training time); the --m3-* "
+                        "options below override it")
     p.add_argument("--m3-image-size", type=int, default=None, help="Model 3's working size (default: --image-size)")
-    p.add_argument("--m3-epochs", type=int, default=None, help="Model 3's epochs (default: --epochs)")
+    p.add_argument("--m3-epochs", type=int, default=None,
+                   help="Model 3's epochs (default: --epochs, twice that with --m3-recipe strong)")
     p.add_argument("--m3-augment", choices=("on", "off"), default="on" if d.m3_augment else "off",
                    help="augment Model 3's training batches")
     p.add_argument("--m3-loss", choices=tuple(LOSSES), default=d.m3_loss)
@@ -232,12 +238,15 @@ def build_parser() -> argparse.ArgumentParser:
                         "average of the weights (ema)")
     p.add_argument("--m3-encoder-bn", choices=ENCODER_BN, default=d.m3_encoder_bn,
                    help="the encoder's BatchNorm while Model 3 fine-tunes: batch statistics (train) or the "
-                        "statistics its weights came with (frozen)")
+                        "statistics its weights came with (frozen); default: the recipe's (train for default, "
+                        "frozen for strong)")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--m3-ensemble", action="store_true",
                    help="also score Model 3's seeds (--seeds 2 or more) as one ensemble, the mean of their probabilities")
-    p.add_argument("--tta", action="store_true", help="also score with flip test-time augmentation (reported separately)")
+    p.add_argument("--tta", nargs="?", const="flips", default=False, choices=TTA_MODES,
+                   help="also score with test-time augmentation, reported separately: --tta (or --tta flips) the image "
+                        "and its two flips, --tta dihedral its 8 rotations and flips")
     p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
     p.add_argument("--encoder-weights", default="auto",
                    help="auto (ImageNet if obtainable, else random, said loudly), imagenet (strict), none, or a .pth path")
@@ -269,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
                     tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
-                    m3_encoder_bn=args.m3_encoder_bn, m3_ensemble=args.m3_ensemble,
+                    m3_recipe=args.m3_recipe, m3_encoder_bn=args.m3_encoder_bn, m3_ensemble=args.m3_ensemble,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)

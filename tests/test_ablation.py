@@ -17,16 +17,27 @@ def test_variants_parse_from_presets_and_specs():
         ablation.parse_variant("x=colour:red")
 
 
+def test_a_rotation_needs_augmentation_on():
+    assert ablation.augment_option({"augment": "on", "rotate": 0.0}) is True
+    assert ablation.augment_option({"augment": "on", "rotate": 15.0}) == {"rotate": 15.0}
+    assert ablation.augment_option({"augment": "off", "rotate": 0.0}) is False
+    with pytest.raises(ProjectError, match="needs augment:on"):
+        ablation.augment_option({"augment": "off", "rotate": 15.0})
+
+
 def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys):
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
-            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen"]
+            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen,rotate:20"]
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
     lines = {line.split(" | ")[0]: line for line in printed.splitlines() if line.startswith("| ")}
     assert "encoder_bn frozen" in lines["| recipe"] and "encoder_bn" not in lines["| plain"]  # named where changed
+    assert "rotate 20.0" in lines["| recipe"] and "rotate" not in lines["| plain"]
+    settings = json.loads((out / "recipe" / "seed0" / "history.json").read_text())["settings"]
+    assert "rotate=20.0" in settings["augment"] and "scale=[0.75, 1.25]" in settings["augment"]
     split = json.loads((out / "split.json").read_text())
     report = json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())
     assert [(r["variant"], r["seed"]) for r in report["runs"]] == [("plain", 0), ("plain", 1), ("recipe", 0), ("recipe", 1)]
@@ -37,7 +48,9 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     rows = {r["variant"]: r for r in report["rows"]}
     row = rows["recipe"]
     assert row["recipe"]["loss"] == "bce_dice" and row["seeds"] == [0, 1] and row["val_jaccard"]["sd"] >= 0
-    assert 0 <= row["val_jaccard_tta"]["mean"] <= 1
+    assert 0 <= row["val_jaccard_tta"]["mean"] <= 1 and 0 <= row["val_jaccard_dihedral"]["mean"] <= 1
+    d4 = json.loads((out / "recipe" / "seed0" / "original_dihedral" / "summary.json").read_text())
+    assert d4["tta_mode"] == "dihedral" and d4["macro"]["jaccard"] == pytest.approx(report["runs"][2]["val_jaccard_dihedral"])
     # free with the same trainings: a row per moving average of the weights, and the seeds as one ensemble
     assert list(rows) == [v for name in ("plain", "recipe") for v in
                           (name, *(f"{name} +ema{d}" for d in ablation.EMA_DECAYS), f"{name} ensemble")]

@@ -29,6 +29,9 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
     assert "BatchNorm" not in ours["conditions"]
     frozen = compare.challenge_table({"model3_unet": _result(encoder_bn="frozen")}).iloc[0]["conditions"]
     assert frozen.endswith("Lovasz hinge, encoder BatchNorm statistics frozen")
+    strong = compare.challenge_table({"model3_unet": _result(preset="strong", encoder_bn="frozen")}).iloc[0]
+    assert "one seed" not in strong["conditions"] and "; recipe 'strong'; 50 epochs" in strong["conditions"]
+    assert "recipe" not in compare.challenge_table({"model3_unet": _result(preset="default")}).iloc[0]["conditions"]
 
 
 def test_the_challenge_table_without_results_still_shows_the_published_rows():

@@ -12,6 +12,7 @@ from PIL import Image
 from helpers.cache import load_dataset
 from helpers.folders import SPLITS
 from helpers.evaluate import evaluate_checkpoint, main, predict_logits, predict_original_size
+from helpers.errors import ProjectError
 from helpers.model import build_model
 from helpers.train import fit, load_checkpoint, save_run
 
@@ -131,8 +132,9 @@ def test_tta_is_recorded_and_named_alike(runs, tmp_path, capsys):
     assert main(["--checkpoint", str(runs["mixed"]), "--data-dir", str(root), "--out", str(out), "--tta",
                  "--quiet"]) == 0
     printed = capsys.readouterr().out
-    assert "test-time augmentation is ON" in printed and "(TTA)" in printed
-    assert json.loads((out / "summary.json").read_text())["tta"] is True
+    assert "test-time augmentation is ON" in printed and "(flip TTA)" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta"] is True and summary["tta_mode"] == "flips"
     check_masks(root, out)
     official = official_macro(root, out)
     assert json.loads((out / "summary.json").read_text())["macro"]["dice"] == pytest.approx(official["dice"], abs=1e-6)
@@ -150,6 +152,34 @@ def test_tta_averages_the_three_flipped_passes():
     assert torch.equal(predict_logits(model, images), model(x).detach())
     pointwise = torch.nn.Conv2d(3, 1, 1)  # flip-equivariant: TTA changes nothing
     assert torch.allclose(predict_logits(pointwise, images, tta=True), predict_logits(pointwise, images), atol=1e-6)
+
+
+def test_dihedral_tta_averages_the_eight_symmetries_of_the_square_each_undone(runs, tmp_path, capsys):
+    torch.manual_seed(0)
+    images = torch.randint(0, 256, (2, 3, 8, 8), dtype=torch.uint8)
+    x = images.float() / 255
+    red = torch.nn.Conv2d(3, 1, 1, bias=False)  # the red channel: undoing each view gives the image back
+    with torch.no_grad():
+        red.weight.copy_(torch.tensor([1.0, 0, 0]).view(1, 3, 1, 1))
+    assert torch.allclose(predict_logits(red, images, tta="dihedral"), x[:, :1], atol=1e-6)
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, 1, 3, padding=1), torch.nn.Conv2d(1, 1, (1, 5), padding=(0, 2)))
+    with torch.no_grad():
+        views = [(k, f) for k in range(4) for f in (False, True)]
+        expected = sum((lambda o: o.flip(-1) if f else o)(torch.rot90(model(torch.rot90(x.flip(-1) if f else x, k,
+                                                                                        (-2, -1))), -k, (-2, -1)))
+                       for k, f in views) / 8
+        assert not torch.allclose(expected, predict_logits(model, images, tta=True), atol=1e-4)  # not the flips
+    assert torch.allclose(predict_logits(model, images, tta="dihedral"), expected, atol=1e-6)
+    with pytest.raises(ProjectError, match="tta must be"):
+        predict_logits(model, images, tta="rotations")
+    root, out = runs["root"], tmp_path / "d4"
+    assert main(["--checkpoint", str(runs["mixed"]), "--data-dir", str(root), "--out", str(out), "--tta", "dihedral",
+                 "--quiet"]) == 0
+    printed = capsys.readouterr().out
+    assert "its 8 rotations and flips" in printed and "(dihedral TTA)" in printed
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["tta"] is True and summary["tta_mode"] == "dihedral"
+    assert summary["macro"]["dice"] == pytest.approx(official_macro(root, out)["dice"], abs=1e-6)
 
 
 def test_an_ensemble_is_the_mean_probability_of_its_models(runs, tmp_path, capsys):

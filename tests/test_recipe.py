@@ -237,3 +237,36 @@ def test_schedule_rejects_bad_settings():
         make_scheduler(optimizer, "step", epochs=3, steps_per_epoch=4)
     with pytest.raises(ValueError, match="warmup_epochs < epochs"):
         make_scheduler(optimizer, "cosine", epochs=1, steps_per_epoch=4, warmup_epochs=1)
+
+
+def test_rotate_off_draws_what_it_always_drew():
+    images, masks = blobs()
+    default = augment_batch(images, masks, torch.Generator().manual_seed(11))
+    off = augment_batch(images, masks, torch.Generator().manual_seed(11), rotate=0.0)
+    assert torch.equal(default[0], off[0]) and torch.equal(default[1], off[1])
+
+
+def test_rotate_turns_each_sample_by_its_own_angle_within_the_bound():
+    size, n, bound = 65, 16, 30.0
+    masks = torch.zeros(n, 1, size, size)
+    masks[:, 0, 30:35, 50:56] = 1  # a small square right of the centre, the same in every sample
+    out_images, out_masks = augment_batch(masks.repeat(1, 3, 1, 1), masks, torch.Generator().manual_seed(3),
+                                          flips=False, rot90=False, scale=None, jitter=None, rotate=bound)
+    g = torch.Generator().manual_seed(3)
+    torch.rand(n, 10, generator=g)  # the ten draws every call makes, then the angles
+    expected = bound * (2 * torch.rand(n, generator=g) - 1)
+    ys, xs = torch.meshgrid(torch.arange(size) - size // 2, torch.arange(size) - size // 2, indexing="ij")
+    angles = []
+    for m in out_masks[:, 0]:
+        assert m.sum() > 0 and set(m.unique().tolist()) <= {0.0, 1.0}
+        cy, cx = (ys * m).sum() / m.sum(), (xs * m).sum() / m.sum()
+        angles.append(math.degrees(math.atan2(cy, cx)))  # where the square's centre went
+    turned = torch.tensor(angles) - math.degrees(math.atan2(32 - 32, 52.5 - 32))
+    assert torch.allclose(turned.abs(), expected.abs(), atol=3.0)  # the drawn angle, to a pixel's rounding
+    assert turned.abs().max() <= bound + 3 and turned.abs().max() > bound / 2  # within the bound, and not all tiny
+    assert torch.equal(out_images[:, :1] > 0.5, out_masks > 0.5)  # image and mask turned together
+
+
+def test_rotate_rejects_a_negative_angle():
+    with pytest.raises(ValueError, match="rotate"):
+        augment_batch(*blobs(), torch.Generator(), rotate=-5.0)

@@ -172,16 +172,17 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_and_
 
     c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
                   cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
-                  m3_loss="bce_lovasz", m3_select="ema", m3_encoder_bn="frozen")
+                  m3_loss="bce_lovasz", m3_select="ema", m3_recipe="strong")  # strong: BatchNorm frozen, 2 x epochs
     d = experiment.prepare_data(c, log=lambda line: None)
     model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
     result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
     assert result["metrics"]["recipe"]["loss"] == "bce_lovasz" and result["metrics"]["recipe"]["select"] == "ema"
+    assert result["metrics"]["recipe"]["preset"] == "strong" and len(result["history"]) == 2
     ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["loss"] == "BCEWithLogitsLoss + Lovasz hinge" and ckpt["settings"]["select"] == "ema"
     assert result["metrics"]["recipe"]["encoder_bn"] == "frozen" and ckpt["settings"]["encoder_bn"] == "frozen"
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
-    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}):
+    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}, {"m3_recipe": "best"}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
             RunConfig(**bad)
 
@@ -230,3 +231,32 @@ def test_fine_tuning_can_keep_the_encoders_batchnorm_statistics(splits, tmp_path
     assert settings("kept")["encoder_bn"] == "frozen" and settings("batch")["encoder_bn"] == "train"
     with pytest.raises(ValueError, match="encoder_bn must be one of"):
         _fit(*splits, tmp_path / "bad", epochs=1, encoder_bn="fixed")
+
+
+def test_model3_named_recipes_fill_only_the_settings_left_unset():
+    from helpers.experiment import RunConfig, model3_recipe
+
+    default = model3_recipe(RunConfig(epochs=25))
+    assert (default["preset"], default["epochs"], default["encoder_bn"]) == ("default", 25, "train")
+    strong = model3_recipe(RunConfig(epochs=25, m3_recipe="strong"))
+    assert (strong["preset"], strong["epochs"], strong["encoder_bn"]) == ("strong", 50, "frozen")
+    assert {k: v for k, v in strong.items() if k not in ("preset", "epochs", "encoder_bn")} == \
+        {k: v for k, v in default.items() if k not in ("preset", "epochs", "encoder_bn")}
+    mixed = model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30, m3_encoder_bn="train"))
+    assert (mixed["epochs"], mixed["encoder_bn"]) == (30, "train")  # an explicit setting wins over the preset
+    assert model3_recipe(RunConfig(epochs=3, m3_recipe="strong"))["epochs"] == 6
+
+
+def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_line():
+    from helpers.experiment import RunConfig
+    from helpers.reproduce import build_parser, notebook_parameters
+
+    args = build_parser().parse_args(["--m3-recipe", "strong", "--tta", "dihedral"])
+    assert (args.m3_recipe, args.tta, args.m3_encoder_bn, args.m3_epochs) == ("strong", "dihedral", None, None)
+    assert build_parser().parse_args(["--tta"]).tta == "flips" and build_parser().parse_args([]).tta is False
+    params = notebook_parameters(RunConfig(m3_recipe=args.m3_recipe, tta=args.tta))
+    assert params["M3_RECIPE"] == "strong" and params["TTA"] == "dihedral" and params["M3_ENCODER_BN"] is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["--m3-recipe", "best"])
+    with pytest.raises(ValueError, match="tta must be"):
+        RunConfig(tta="rotations")
