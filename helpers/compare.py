@@ -11,7 +11,7 @@ import pandas as pd
 
 from pathlib import Path
 
-from .evaluate import tta_label, tta_mode
+from .evaluate import TTA_NAMES, tta_label, tta_mode
 from .experiment import load_result, mean_sd
 from .recipe import LOSS_NAMES
 
@@ -120,7 +120,7 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
             mode = tta_of(res)
             rows.append({"method": f"{MODELS[name]} - ours with {tta_label(mode)}", "jaccard": _fmt(res, "original_tta", "jaccard"),
                          "dice": _fmt(res, "original_tta", "dice"), "accuracy": _fmt(res, "original_tta", "accuracy"),
-                         "conditions": conditions + TTA_CONDITIONS[mode]})
+                         "conditions": f"{conditions}; mean logits of {TTA_NAMES[mode][1]}"})
         rows += _ensemble_rows(name, res)
     rows += [{k: p.get(k, "-") for k in CHALLENGE_COLUMNS} for p in PUBLISHED]
     return pd.DataFrame(rows, columns=CHALLENGE_COLUMNS).set_index("method")
@@ -135,12 +135,8 @@ def _ensemble_rows(name: str, result: dict) -> list[dict]:
             rows.append({"method": f"{MODELS[name]} - ours, seeds {seeds} as one ensemble{what}",
                          **{k: f"{ensemble[key][k]:.4f}" for k in ("jaccard", "dice", "accuracy")},
                          "conditions": _our_conditions(result, ensemble=True)
-                         + (TTA_CONDITIONS[tta_of(result)] if what else "")})
+                         + (f"; mean logits of {TTA_NAMES[tta_of(result)][1]}" if what else "")})
     return rows
-
-
-TTA_CONDITIONS = {"flips": "; mean logits of the image and its two flips",
-                  "dihedral": "; mean logits of the image's 8 rotations and flips"}
 
 
 def tta_of(result: dict) -> str:

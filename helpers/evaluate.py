@@ -62,7 +62,13 @@ DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor 
 MASK_SUFFIX = "_segmentation.png"
 
 
-TTA_MODES = ("flips", "dihedral")  # the views test-time augmentation averages (see predict_logits)
+# Test-time augmentation: each mode's views as (quarter turns, horizontal flip, vertical flip) applied in
+# that order after the flips, and how it is named and described in tables and printed lines.
+TTA_VIEWS = {"flips": ((0, False, False), (0, True, False), (0, False, True)),
+             "dihedral": tuple((k, flip, False) for k in range(4) for flip in (False, True))}
+TTA_NAMES = {"flips": ("flip TTA", "the image and its two flips"),
+             "dihedral": ("dihedral TTA", "the image in its 8 rotations and flips")}
+TTA_MODES = tuple(TTA_VIEWS)
 
 
 def tta_mode(tta) -> str | None:
@@ -78,7 +84,20 @@ def tta_mode(tta) -> str | None:
 
 def tta_label(tta) -> str:
     """How a TTA mode is named in tables and lines: "flip TTA" or "dihedral TTA"."""
-    return {"flips": "flip TTA", "dihedral": "dihedral TTA"}.get(tta_mode(tta), "no TTA")
+    mode = tta_mode(tta)
+    return TTA_NAMES[mode][0] if mode else "no TTA"
+
+
+def _view(x: torch.Tensor, k: int, hflip: bool, vflip: bool) -> torch.Tensor:
+    x = x.flip(-1) if hflip else x
+    x = x.flip(-2) if vflip else x
+    return torch.rot90(x, k, (-2, -1)) if k else x
+
+
+def _unview(y: torch.Tensor, k: int, hflip: bool, vflip: bool) -> torch.Tensor:
+    y = torch.rot90(y, -k, (-2, -1)) if k else y
+    y = y.flip(-2) if vflip else y
+    return y.flip(-1) if hflip else y
 
 
 @torch.no_grad()
@@ -95,14 +114,9 @@ def predict_logits(model: torch.nn.Module, images: torch.Tensor, tta=False) -> t
     mode = tta_mode(tta)
     if mode is None:
         return model(x)
-    if mode == "flips":
-        plain, hflip, vflip = model(torch.cat([x, x.flip(-1), x.flip(-2)])).chunk(3)
-        return (plain + hflip.flip(-1) + vflip.flip(-2)) / 3
-    views = [(k, flip) for k in range(4) for flip in (False, True)]
-    turned = [torch.rot90(x.flip(-1) if flip else x, k, (-2, -1)) for k, flip in views]
-    outs = model(torch.cat(turned)).chunk(len(views))
-    undone = [torch.rot90(o, -k, (-2, -1)) for o, (k, _) in zip(outs, views)]
-    return sum(u.flip(-1) if flip else u for u, (_, flip) in zip(undone, views)) / len(views)
+    views = TTA_VIEWS[mode]
+    outs = model(torch.cat([_view(x, *v) for v in views])).chunk(len(views))
+    return sum(_unview(o, *v) for o, v in zip(outs, views)) / len(views)
 
 
 def upsample(logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -221,7 +235,7 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
     checkpoints = [Path(c) for c in checkpoint] if isinstance(checkpoint, (list, tuple)) else [Path(checkpoint)]
     if batch_size < 1:
         raise ProjectError(f"batch_size must be at least 1, got {batch_size}")
-    tta_mode(tta)  # a bad mode fails before any model is loaded
+    tta = tta_mode(tta)  # a bad mode fails before any model is loaded
     try:
         dev = resolve_device(device)
     except RuntimeError as exc:
@@ -263,8 +277,8 @@ def evaluate_samples(checkpoint, samples: list, source: dict, out_dir, *, batch_
     summary = {"n_images": len(samples), "ground_truth": has_truth, "macro": None, "micro": None,
                "checkpoint": str(checkpoints[0]) if len(checkpoints) == 1 else [str(c) for c in checkpoints],
                "ensemble": len(checkpoints), **source,
-               "image_size": image_size, "image_size_source": size_source, "tta": tta_mode(tta) is not None,
-               "tta_mode": tta_mode(tta),
+               "image_size": image_size, "image_size_source": size_source, "tta": tta is not None,
+               "tta_mode": tta,
                "resolution": "original", "model": ckpt.get("config"), "settings": settings}
     if has_truth:
         counts = torch.cat(counts)
@@ -297,7 +311,7 @@ def worst_sheet(out_dir: Path, per_image: list[dict], overlay_dir: Path, n: int)
 def summary_line(summary: dict, out_dir) -> str:
     """The one-line report printed by the CLI."""
     which = f"{summary['split']} images" if summary["split"] else f"images of {summary['images_dir']}"
-    tta = f" ({tta_label(summary.get('tta_mode') or True)})" if summary["tta"] else ""
+    tta = f" ({tta_label(summary['tta_mode'])})" if summary["tta"] else ""
     head = f"evaluate: {summary['n_images']} {which}{tta}"
     scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
               if summary["macro"] else "no ground truth, masks only")
@@ -357,8 +371,7 @@ def main(argv: list[str] | None = None) -> int:
             raise ProjectError(f"--worst must be at least 1, got {args.worst}")
         _check_inputs(args)
         if args.tta:
-            print("evaluate: test-time augmentation is ON (mean logits of the image, "
-                  + ("its h-flip and v-flip)" if args.tta == "flips" else "its 8 rotations and flips)"))
+            print(f"evaluate: test-time augmentation is ON (mean logits of {TTA_NAMES[args.tta][1]})")
         if args.images is not None:
             summary = evaluate_folders(args.checkpoint, args.images, args.masks, args.out,
                                        mask_suffix=args.mask_suffix or DEFAULT_MASK_SUFFIX, **options)

@@ -363,6 +363,12 @@ def model3_recipe(cfg: RunConfig) -> dict:
             "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"], "ensemble": cfg.m3_ensemble}
 
 
+def scorings(cfg: RunConfig) -> tuple:
+    """(folder, TTA mode) of each scoring at the original size: "original", and with cfg.tta "original_tta"."""
+    mode = tta_mode(cfg.tta)
+    return (("original", False),) + ((("original_tta", mode),) if mode else ())
+
+
 def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
                        recipe: dict | None = None) -> dict:
     """Train ``model`` for one seed, score it and save everything.
@@ -407,7 +413,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
                "micro": metrics.all_metrics(ev["counts"], "micro"),
                "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
     split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
-    for key, tta in (("original", False), ("original_tta", tta_mode(cfg.tta))) if tta_mode(cfg.tta) else (("original", False),):
+    for key, tta in scorings(cfg):
         challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, split_folder, out / key,
                                         batch_size=cfg.batch_size, device=cfg.device, tta=tta,
                                         progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
@@ -512,7 +518,7 @@ def score_ensemble(cfg: RunConfig, d: Data, name: str, seeds: list[int]) -> dict
     folder = cfg.run_path / name
     split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
     out = {"seeds": seeds}
-    for key, tta in (("original", False), ("original_tta", tta_mode(cfg.tta))) if tta_mode(cfg.tta) else (("original", False),):
+    for key, tta in scorings(cfg):
         scored = evaluate_checkpoint([folder / f"seed{s}" / "checkpoint.pt" for s in seeds], d.root, split_folder,
                                      folder / "ensemble" / key, batch_size=cfg.batch_size, device=cfg.device, tta=tta,
                                      progress=cfg.progress, ids=ids, max_pixels=cfg.max_pixels)
