@@ -49,7 +49,8 @@ from .train import fit
 # Model 3 trained with the report's recipe; every variant changes some of these
 BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
         "encoder_lr": 1.0, "encoder_bn": "train", "rotate": 0.0,
-        "widths": ""}  # widths: the decoder's four channel widths, e.g. 192-128-64-32 ("": the decoder's own)
+        "widths": "",  # widths: the decoder's four channel widths, e.g. 192-128-64-32 ("": the decoder's own)
+        "deep": 0.0}  # deep: the weight of deep supervision's auxiliary losses (0: off)
 FULL = {"augment": "on", "loss": "bce_dice", "schedule": "cosine"}
 VARIANTS = {
     "model2": {"decoder": "report"},  # Model 2 (the report's decoder and recipe), for reference
@@ -71,8 +72,10 @@ VARIANTS = {
     "full-bnfrozen-100ep": {**FULL, "encoder_bn": "frozen", "epochs": 100},
     "full-bnfrozen-rot45": {**FULL, "encoder_bn": "frozen", "rotate": 45.0},  # and any angle up to 45 degrees
     "full-bnfrozen-wide": {**FULL, "encoder_bn": "frozen", "widths": "192-128-64-32"},  # twice the U-Net's widths
+    "full-bnfrozen-deep": {**FULL, "encoder_bn": "frozen", "deep": 0.5},  # deep supervision at strides 16, 8, 4
+    "strong-deep": {**FULL, "encoder_bn": "frozen", "epochs": 50, "deep": 0.5},
 }
-QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths")  # recipe keys the table names only where a variant changes them
+QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths", "deep")  # recipe keys the table names only where a variant changes them
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
 
@@ -105,7 +108,7 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
                   augment=augment_option(r), loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
-                  encoder_lr=r["encoder_lr"], encoder_bn=r["encoder_bn"])
+                  encoder_lr=r["encoder_lr"], encoder_bn=r["encoder_bn"], deep_supervision=r["deep"])
     t0 = time.perf_counter()
     score = partial(_score, root=root, ids=split["validation_ids"], batch_size=batch_size, device=device)
     scores = score(folder / "checkpoint.pt", folder)

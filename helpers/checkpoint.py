@@ -30,10 +30,12 @@ STATE = "last.pt"
 CHECKPOINT = "checkpoint.pt"
 HISTORY = "history.json"
 COMPARED = ("image_size", "epochs", "batch_size", "lr", "seed", "optimizer", "loss", "n_train", "n_test",
-            "eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn")
+            "eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn",
+            "deep_supervision")
 # what a run saved before a setting existed did: the report's recipe, scored on the test split
 SAVED_DEFAULTS = {"eval_split": "test", "select": "last", "augment": "off", "schedule": "constant", "ema": "off",
-                  "encoder_lr": 1.0, "encoder_bn": "train"}
+                  "encoder_lr": 1.0, "encoder_bn": "train",
+                  "deep_supervision": 0.0}
 
 
 def rng_states(generator: torch.Generator) -> dict:

@@ -6,6 +6,7 @@ name. The report's recipe is no augmentation, loss "bce" and schedule "constant"
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
 from functools import partial
@@ -194,6 +195,54 @@ def make_loss(name: str) -> nn.Module:
     if name not in LOSSES:
         raise ValueError(f"loss must be one of {', '.join(LOSSES)}, got {name!r}")
     return LOSSES[name]()
+
+
+class DeepSupervision(nn.Module):
+    """Deep supervision for the U-Net decoder: ``loss_fn`` on the model's logits plus ``weight`` times
+    the mean of ``loss_fn`` on auxiliary logits, one 1x1-conv head over the output of each decoder block
+    but the last (strides 16, 8 and 4), upsampled bilinearly to the mask's size.
+
+    The heads read the blocks' outputs through forward hooks while the model is in training mode, so
+    the model itself is unchanged: the heads train with it and are dropped after training (they are
+    not in its state dict or checkpoint). Use it inside :meth:`hooked`, right after the model's forward
+    pass, like the loss.
+    """
+
+    def __init__(self, loss_fn: nn.Module, decoder: nn.Module, weight: float):
+        super().__init__()
+        blocks = getattr(decoder, "blocks", None)
+        if blocks is None or len(blocks) < 2:
+            raise ValueError("deep supervision needs the U-Net decoder (decoder='unet'): the report's decoder "
+                             "has no stages to supervise")
+        if not weight > 0:
+            raise ValueError(f"deep supervision's weight must be > 0, got {weight!r}")
+        self.loss_fn, self.weight = loss_fn, float(weight)
+        self.heads = nn.ModuleList(nn.Conv2d(block.up.out_channels, 1, kernel_size=1) for block in blocks[:-1])
+        self._blocks = list(blocks[:-1])
+        self._features: dict[int, torch.Tensor] = {}
+
+    def _keep(self, index: int, module: nn.Module, inputs, output: torch.Tensor) -> None:
+        if module.training:
+            self._features[index] = output
+
+    def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if len(self._features) != len(self.heads):
+            raise RuntimeError("deep supervision: call the model in training mode before the loss")
+        feats, self._features = self._features, {}
+        aux = [self.loss_fn(F.interpolate(head(feats[i].float()), size=target.shape[-2:], mode="bilinear",
+                                          align_corners=False), target) for i, head in enumerate(self.heads)]
+        return self.loss_fn(logits, target) + self.weight * torch.stack(aux).mean()
+
+    @contextlib.contextmanager
+    def hooked(self):
+        """While in this context, the decoder's blocks pass their outputs to the heads."""
+        hooks = [block.register_forward_hook(partial(self._keep, i)) for i, block in enumerate(self._blocks)]
+        try:
+            yield self
+        finally:
+            for hook in hooks:
+                hook.remove()
+            self._features = {}
 
 
 SCHEDULES = ("constant", "cosine", "onecycle")

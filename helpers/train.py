@@ -5,6 +5,7 @@ Every setting is an argument; the settings are saved inside the checkpoint next 
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from functools import partial
@@ -211,7 +212,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
         augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
-        on_epoch=None, ema=(), encoder_lr: float = 1.0, encoder_bn: str = "train") -> list[dict]:
+        on_epoch=None, ema=(), encoder_lr: float = 1.0, encoder_bn: str = "train",
+        deep_supervision: float = 0.0) -> list[dict]:
     """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
     The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
@@ -235,6 +237,10 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
       update their running ones, as nn.Module.train does: the report's) or "frozen" (they keep the
       statistics the weights came with, while their scale and shift train); runs saved before it
       existed resume as "train";
+    - deep_supervision: 0 (off, the report's) or the weight of the auxiliary losses of
+      :class:`helpers.recipe.DeepSupervision` (the U-Net decoder only; its heads train with the model,
+      are saved in last.pt for a resume and are dropped at the end; runs saved before it existed
+      resume as 0);
     - loss: "bce", "bce_dice" or "bce_lovasz" (:func:`helpers.recipe.make_loss`);
     - schedule: "constant", "cosine" or "onecycle" (:func:`helpers.recipe.make_scheduler`, stepped
       per batch, ``warmup_epochs`` of linear warm-up for "cosine").
@@ -277,6 +283,9 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     aug_kwargs = recipe.augment_settings(augment)
     aug_generator = torch.Generator(dev).manual_seed(seed + 1_000_003) if aug_kwargs is not None else None
     loss_fn = recipe.make_loss(loss)
+    if deep_supervision:
+        loss_fn = recipe.DeepSupervision(loss_fn, model.decoder, deep_supervision).to(dev)
+        optimizer.add_param_group({"params": list(loss_fn.heads.parameters()), "lr": lr})
     warmup_epochs = min(warmup_epochs, epochs - 1)  # a one-epoch run has no room for a warm-up
     scheduler = recipe.make_scheduler(optimizer, schedule, epochs=epochs, steps_per_epoch=len(train_loader),
                                       warmup_epochs=warmup_epochs)
@@ -287,7 +296,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                 "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
                 "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))",
                 "ema": ", ".join(map(str, ema)) or "off", "encoder_lr": float(encoder_lr),
-                "encoder_bn": encoder_bn}
+                "encoder_bn": encoder_bn, "deep_supervision": float(deep_supervision)}
     precision = {"amp": amp, "channels_last": channels_last}
     scaler = torch.amp.GradScaler(dev.type) if resolve_amp(amp, dev) is torch.float16 else None
     settings.update(amp=amp_name(amp, dev), channels_last=resolve_channels_last(channels_last, dev))
@@ -308,45 +317,50 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         best = extra.get("best", {})
         if averager is not None and "ema" in extra:
             averager.load_state_dict(extra["ema"])
+        if deep_supervision and "deep_supervision_heads" in extra:
+            loss_fn.heads.load_state_dict(extra["deep_supervision_heads"])
     augment_fn = None if aug_kwargs is None else partial(recipe.augment_batch, generator=aug_generator, **aug_kwargs)
     start = time.perf_counter()
     bar = progress_bar(total=epochs, initial=len(history), desc=label, unit="epoch", enabled=progress, leave=True,
                        plain=False)
-    for epoch in range(len(history) + 1, epochs + 1):
-        t0 = time.perf_counter()
-        try:
-            train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
-                                         scaler=scaler, loss_fn=loss_fn, augment=augment_fn, scheduler=scheduler,
-                                         averager=averager, **precision)
-        except TrainingDiverged as exc:
-            kept = (f"the last good state (after epoch {len(history)}) is kept in {Path(out_dir) / checkpoint.STATE}"
-                    if out_dir is not None and history else "nothing was saved")
-            raise TrainingDiverged(f"training diverged at epoch {epoch}, {exc}; {kept}; lower the learning rate "
-                                   f"(lr {lr}) or check the data") from None
-        ev = evaluate(model, test_loader, dev, **precision)
-        row = {"epoch": epoch, "train_loss": train_loss, f"{key}_loss": ev["loss"],
-               f"{key}_iou": float(metrics.jaccard(ev["counts"], "macro")),
-               f"{key}_dice": float(metrics.dice(ev["counts"], "macro")),
-               "seconds": time.perf_counter() - t0}
-        history.append(row)
-        if select == "best" and row[f"{key}_iou"] > best.get("iou", -1.0):
-            best = {"epoch": epoch, "iou": row[f"{key}_iou"], "model": {k: v.clone() for k, v in checkpoint.cpu_state(model).items()}}
-        if out_dir is not None:
-            extra = {"best": best} if select == "best" else {}
-            if scheduler is not None:
-                extra["scheduler"] = scheduler.state_dict()
-            if aug_generator is not None:
-                extra["augment_rng"] = aug_generator.get_state()
-            if averager is not None:
-                extra["ema"] = averager.state_dict()
-            checkpoint.save_state(out_dir, model, optimizer, history, settings, generator, extra)
-        bar.set_postfix({"train loss": f"{train_loss:.4f}", f"{eval_split} Dice": f"{row[f'{key}_dice']:.3f}"})
-        bar.update()
-        if on_epoch is not None:
-            on_epoch(history)
-        if log:
-            log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  {eval_split} loss {ev['loss']:.4f}  "
-                f"IoU {row[f'{key}_iou']:.3f}  Dice {row[f'{key}_dice']:.3f}  ({row['seconds']:.1f} s)")
+    with loss_fn.hooked() if deep_supervision else contextlib.nullcontext():
+        for epoch in range(len(history) + 1, epochs + 1):
+            t0 = time.perf_counter()
+            try:
+                train_loss = train_one_epoch(model, train_loader, optimizer, dev, progress, f"epoch {epoch}/{epochs}",
+                                             scaler=scaler, loss_fn=loss_fn, augment=augment_fn, scheduler=scheduler,
+                                             averager=averager, **precision)
+            except TrainingDiverged as exc:
+                kept = (f"the last good state (after epoch {len(history)}) is kept in {Path(out_dir) / checkpoint.STATE}"
+                        if out_dir is not None and history else "nothing was saved")
+                raise TrainingDiverged(f"training diverged at epoch {epoch}, {exc}; {kept}; lower the learning rate "
+                                       f"(lr {lr}) or check the data") from None
+            ev = evaluate(model, test_loader, dev, **precision)
+            row = {"epoch": epoch, "train_loss": train_loss, f"{key}_loss": ev["loss"],
+                   f"{key}_iou": float(metrics.jaccard(ev["counts"], "macro")),
+                   f"{key}_dice": float(metrics.dice(ev["counts"], "macro")),
+                   "seconds": time.perf_counter() - t0}
+            history.append(row)
+            if select == "best" and row[f"{key}_iou"] > best.get("iou", -1.0):
+                best = {"epoch": epoch, "iou": row[f"{key}_iou"], "model": {k: v.clone() for k, v in checkpoint.cpu_state(model).items()}}
+            if out_dir is not None:
+                extra = {"best": best} if select == "best" else {}
+                if scheduler is not None:
+                    extra["scheduler"] = scheduler.state_dict()
+                if aug_generator is not None:
+                    extra["augment_rng"] = aug_generator.get_state()
+                if averager is not None:
+                    extra["ema"] = averager.state_dict()
+                if deep_supervision:
+                    extra["deep_supervision_heads"] = loss_fn.heads.state_dict()
+                checkpoint.save_state(out_dir, model, optimizer, history, settings, generator, extra)
+            bar.set_postfix({"train loss": f"{train_loss:.4f}", f"{eval_split} Dice": f"{row[f'{key}_dice']:.3f}"})
+            bar.update()
+            if on_epoch is not None:
+                on_epoch(history)
+            if log:
+                log(f"epoch {epoch:2d}/{epochs}  train loss {train_loss:.4f}  {eval_split} loss {ev['loss']:.4f}  "
+                    f"IoU {row[f'{key}_iou']:.3f}  Dice {row[f'{key}_dice']:.3f}  ({row['seconds']:.1f} s)")
     bar.close()
     selected = history[-1]["epoch"]
     if select == "best" and best:

@@ -29,14 +29,17 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
-            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen,rotate:20"]
+            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen,rotate:20,deep:0.5"]
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
     lines = {line.split(" | ")[0]: line for line in printed.splitlines() if line.startswith("| ")}
     assert "encoder_bn frozen" in lines["| recipe"] and "encoder_bn" not in lines["| plain"]  # named where changed
     assert "rotate 20.0" in lines["| recipe"] and "rotate" not in lines["| plain"]
+    assert "deep 0.5" in lines["| recipe"] and "deep" not in lines["| plain"]
     settings = json.loads((out / "recipe" / "seed0" / "history.json").read_text())["settings"]
+    assert settings["deep_supervision"] == 0.5
+    assert json.loads((out / "plain" / "seed0" / "history.json").read_text())["settings"]["deep_supervision"] == 0.0
     assert "rotate=20.0" in settings["augment"] and "scale=[0.75, 1.25]" in settings["augment"]
     split = json.loads((out / "split.json").read_text())
     report = json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())

@@ -91,7 +91,7 @@ def test_a_run_saved_before_the_recipe_settings_existed_still_resumes(splits, tm
     history = train.fit(model, *splits, epochs=1, batch_size=4, seed=0, device="cpu", out_dir=tmp_path,
                         progress=False, log=None)
     ckpt = torch.load(tmp_path / "checkpoint.pt", weights_only=True)
-    for key in ("eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn"):
+    for key in ("eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn", "deep_supervision"):
         del ckpt["settings"][key]
     torch.save(ckpt, tmp_path / "checkpoint.pt")
     lines = []
@@ -260,3 +260,56 @@ def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_l
         build_parser().parse_args(["--m3-recipe", "best"])
     with pytest.raises(ValueError, match="tta must be"):
         RunConfig(tta="rotations")
+
+
+def test_deep_supervision_adds_the_mean_auxiliary_loss_of_the_decoders_earlier_blocks():
+    torch.manual_seed(0)
+    model = build_model(False, encoder_weights=None, decoder="unet").train()
+    bce = torch.nn.BCEWithLogitsLoss()
+    loss_fn = recipe.DeepSupervision(bce, model.decoder, 0.5)
+    x, y = torch.rand(2, 3, 64, 64), (torch.rand(2, 1, 64, 64) > 0.5).float()
+    seen = {}
+    hooks = [b.register_forward_hook(lambda m, i, o, k=k: seen.__setitem__(k, o)) for k, b in enumerate(model.decoder.blocks)]
+    with loss_fn.hooked():
+        logits = model(x)
+        got = loss_fn(logits, y)
+        assert [seen[k].shape[1] for k in range(3)] == [h.in_channels for h in loss_fn.heads] == [96, 64, 32]
+        assert [seen[k].shape[-1] for k in range(3)] == [4, 8, 16]  # strides 16, 8 and 4 of the 64-px input
+        aux = [bce(torch.nn.functional.interpolate(h(seen[k]), size=(64, 64), mode="bilinear", align_corners=False), y)
+               for k, h in enumerate(loss_fn.heads)]
+        assert got.item() == pytest.approx((bce(logits, y) + 0.5 * sum(aux) / 3).item(), rel=1e-6)
+        with pytest.raises(RuntimeError, match="training mode"):
+            loss_fn(logits, y)  # the blocks' outputs are used once
+        model.eval()
+        with torch.no_grad():
+            model(x)
+        with pytest.raises(RuntimeError, match="training mode"):
+            loss_fn(logits, y)  # evaluation passes feed no heads
+    for h in hooks:
+        h.remove()
+    assert all(not b._forward_hooks for b in model.decoder.blocks)  # the context took its hooks off
+    with pytest.raises(ValueError, match="U-Net decoder"):
+        recipe.DeepSupervision(bce, build_model(False, encoder_weights=None).decoder, 0.5)
+    with pytest.raises(ValueError, match="> 0"):
+        recipe.DeepSupervision(bce, model.decoder, -1.0)
+
+
+def test_deep_supervision_trains_heads_that_resume_exactly_and_stay_out_of_the_checkpoint(splits, tmp_path):
+    ds = {"deep_supervision": 0.5}
+    reference, h_ref = _fit(*splits, tmp_path / "ref", epochs=3, **ds)
+    _, h_off = _fit(*splits, tmp_path / "off", epochs=3)
+    assert _strip(h_off) != _strip(h_ref)  # the auxiliary losses change the training
+    faulty = Faulty(splits[0], after_epoch=2, fault="interrupt")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(faulty, splits[1], tmp_path / "run", epochs=3, log=faulty.log, **ds)
+    heads = torch.load(tmp_path / "run" / "last.pt", weights_only=True)["extra"]["deep_supervision_heads"]
+    assert sorted(heads) == [f"{i}.{p}" for i in range(3) for p in ("bias", "weight")]
+    lines = []
+    model, history = _fit(*splits, tmp_path / "run", epochs=3, log=lines.append, **ds)
+    assert "resuming after epoch 2 of 3" in lines[0] and _strip(history) == _strip(h_ref)
+    assert all(torch.equal(v, reference.state_dict()[k]) for k, v in model.state_dict().items())
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["settings"]["deep_supervision"] == 0.5 and set(ckpt["model"]) == set(reference.state_dict())
+    assert all(not b._forward_hooks for b in model.decoder.blocks)
+    with pytest.raises(Exception, match="deep_supervision"):
+        _fit(*splits, tmp_path / "run", epochs=3)  # a finished deep-supervised run is not reused as one without
