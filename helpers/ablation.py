@@ -74,6 +74,7 @@ VARIANTS = {
     "full-bnfrozen-wide": {**FULL, "encoder_bn": "frozen", "widths": "192-128-64-32"},  # twice the U-Net's widths
     "full-bnfrozen-deep": {**FULL, "encoder_bn": "frozen", "deep": 0.5},  # deep supervision at strides 16, 8, 4
     "strong-deep": {**FULL, "encoder_bn": "frozen", "epochs": 50, "deep": 0.5},
+    "strong-deep-100ep": {**FULL, "encoder_bn": "frozen", "epochs": 100, "deep": 0.5},
 }
 QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths", "deep")  # recipe keys the table names only where a variant changes them
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps

@@ -163,6 +163,8 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
         text += f", weights: {recipe['select']}"
     if recipe.get("encoder_bn") == "frozen":
         text += ", encoder BatchNorm statistics frozen"
+    if recipe.get("deep_supervision"):
+        text += f", deep supervision (weight {recipe['deep_supervision']:g})"
     return text
 
 

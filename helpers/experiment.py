@@ -8,6 +8,7 @@ and ``config.figures_dir`` (PNG), written atomically.
 from __future__ import annotations
 
 import json
+import math
 import platform
 import warnings
 from dataclasses import asdict, dataclass
@@ -76,6 +77,7 @@ class RunConfig:
     m3_select: str = "last"         # "last" epoch, "best" validation Jaccard (needs a validation split), "ema" average
     m3_encoder_bn: str | None = None  # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its
     #                                   saved ones); None: the preset's
+    m3_deep_supervision: float | None = None  # weight of deep supervision's auxiliary losses (0: off); None: the preset's
     m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
@@ -95,6 +97,10 @@ class RunConfig:
             tta_mode(self.tta)
         except ProjectError as exc:  # a bad setting, as for the others
             raise ValueError(str(exc)) from None
+        w = self.m3_deep_supervision
+        if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf):
+            raise ValueError(f"m3_deep_supervision is the weight of the auxiliary losses, 0 (off) or more, "
+                             f"got {self.m3_deep_supervision!r}")
         if self.m3_recipe not in M3_RECIPES:
             raise ValueError(f"m3_recipe must be one of {tuple(M3_RECIPES)}, got {self.m3_recipe!r}")
         for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
@@ -346,11 +352,12 @@ def environment() -> dict:
 
 # Model 3's named recipes (M3_RECIPE): what its M3_* settings left at None become. "strong" is the
 # best recipe measured on a validation split of real ISIC 2016 training images (docs/models.md): twice
-# the epochs (50 with the report's 25), the encoder's BatchNorm statistics frozen; it trains for
-# about twice the time of "default".
-M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train"},
-              "strong": {"epochs_factor": 2, "encoder_bn": "frozen"}}
-REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train"}
+# the epochs (50 with the report's 25), the encoder's BatchNorm statistics frozen, deep supervision
+# at weight 0.5; it trains for about twice the time of "default".
+M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train", "deep_supervision": 0.0},
+              "strong": {"epochs_factor": 2, "encoder_bn": "frozen", "deep_supervision": 0.5}}
+REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train",
+                 "deep_supervision": 0.0}
 
 
 def model3_recipe(cfg: RunConfig) -> dict:
@@ -360,7 +367,9 @@ def model3_recipe(cfg: RunConfig) -> dict:
     return {"preset": cfg.m3_recipe, "image_size": cfg.m3_image_size or cfg.image_size,
             "epochs": cfg.m3_epochs or cfg.epochs * preset["epochs_factor"],
             "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
-            "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"], "ensemble": cfg.m3_ensemble}
+            "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"],
+            "deep_supervision": preset["deep_supervision"] if cfg.m3_deep_supervision is None
+            else float(cfg.m3_deep_supervision), "ensemble": cfg.m3_ensemble}
 
 
 def scorings(cfg: RunConfig) -> tuple:
@@ -398,7 +407,8 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=cfg.lr,
                   seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
                   select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"],
-                  encoder_bn=recipe["encoder_bn"], label=label, on_epoch=live)
+                  encoder_bn=recipe["encoder_bn"], deep_supervision=recipe["deep_supervision"], label=label,
+                  on_epoch=live)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.scored, cfg.batch_size, False, None, dev), dev, keep_probs=True)
     rows = metrics.per_image_rows(ev["ids"], d.scored.sizes, ev["counts"])

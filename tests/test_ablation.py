@@ -25,6 +25,20 @@ def test_a_rotation_needs_augmentation_on():
         ablation.augment_option({"augment": "off", "rotate": 15.0})
 
 
+@pytest.mark.parametrize("preset, recipe, epochs", [("full", "default", 25), ("strong-deep", "strong", 25),
+                                                    ("strong-deep-100ep", "strong", 50)])
+def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trains(preset, recipe, epochs):
+    from helpers.experiment import RunConfig, model3_recipe
+
+    main = model3_recipe(RunConfig(epochs=epochs, m3_recipe=recipe))  # strong with EPOCHS=50: 100 epochs
+    as_keys = {"decoder": "unet", "image_size": main["image_size"], "epochs": main["epochs"],
+               "augment": "on" if main["augment"] else "off", "loss": main["loss"], "schedule": main["schedule"],
+               "encoder_lr": 1.0, "encoder_bn": main["encoder_bn"], "rotate": 0.0, "widths": "",
+               "deep": main["deep_supervision"]}
+    assert {**ablation.BASE, **ablation.VARIANTS[preset]} == as_keys
+    assert main["select"] == "last"  # what the ablation keeps too
+
+
 def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys):
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),

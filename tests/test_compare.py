@@ -31,6 +31,9 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
     assert frozen.endswith("Lovasz hinge, encoder BatchNorm statistics frozen")
     strong = compare.challenge_table({"model3_unet": _result(preset="strong", encoder_bn="frozen")}).iloc[0]
     assert "one seed" not in strong["conditions"] and "; recipe 'strong'; 50 epochs" in strong["conditions"]
+    assert "deep supervision" not in strong["conditions"]
+    deep = compare.challenge_table({"model3_unet": _result(preset="strong", encoder_bn="frozen", deep_supervision=0.5)})
+    assert deep.iloc[0]["conditions"].endswith("statistics frozen, deep supervision (weight 0.5)")
     assert "recipe" not in compare.challenge_table({"model3_unet": _result(preset="default")}).iloc[0]["conditions"]
 
 

@@ -166,13 +166,14 @@ def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
     assert all(torch.equal(v, tracked.state_dict()[k]) for k, v in plain.state_dict().items())
 
 
-def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_and_frozen_bn(tiny_isic, tmp_path):
+def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_frozen_bn_and_deep_supervision(
+        tiny_isic, tmp_path):
     from helpers import experiment
     from helpers.experiment import RunConfig
 
     c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
                   cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
-                  m3_loss="bce_lovasz", m3_select="ema", m3_recipe="strong")  # strong: BatchNorm frozen, 2 x epochs
+                  m3_loss="bce_lovasz", m3_select="ema", m3_recipe="strong")  # BatchNorm frozen, 2 x epochs, deep
     d = experiment.prepare_data(c, log=lambda line: None)
     model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
     result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
@@ -181,10 +182,15 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_and_
     ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
     assert ckpt["settings"]["loss"] == "BCEWithLogitsLoss + Lovasz hinge" and ckpt["settings"]["select"] == "ema"
     assert result["metrics"]["recipe"]["encoder_bn"] == "frozen" and ckpt["settings"]["encoder_bn"] == "frozen"
+    assert result["metrics"]["recipe"]["deep_supervision"] == 0.5 and ckpt["settings"]["deep_supervision"] == 0.5
+    assert ckpt["model"].keys() == experiment.new_model(c, freeze_encoder=False, decoder="unet").state_dict().keys()
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
     for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}, {"m3_recipe": "best"}):
         with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
             RunConfig(**bad)
+    for bad in (-0.5, float("nan"), float("inf"), "0.5", True):
+        with pytest.raises(ValueError, match="m3_deep_supervision is the weight of the auxiliary losses"):
+            RunConfig(m3_deep_supervision=bad)
 
 
 def test_the_encoder_can_learn_at_a_fraction_of_the_decoders_rate(splits, tmp_path):
@@ -236,14 +242,16 @@ def test_fine_tuning_can_keep_the_encoders_batchnorm_statistics(splits, tmp_path
 def test_model3_named_recipes_fill_only_the_settings_left_unset():
     from helpers.experiment import RunConfig, model3_recipe
 
+    named = ("preset", "epochs", "encoder_bn", "deep_supervision")  # what the presets set
     default = model3_recipe(RunConfig(epochs=25))
-    assert (default["preset"], default["epochs"], default["encoder_bn"]) == ("default", 25, "train")
+    assert tuple(default[k] for k in named) == ("default", 25, "train", 0.0)
     strong = model3_recipe(RunConfig(epochs=25, m3_recipe="strong"))
-    assert (strong["preset"], strong["epochs"], strong["encoder_bn"]) == ("strong", 50, "frozen")
-    assert {k: v for k, v in strong.items() if k not in ("preset", "epochs", "encoder_bn")} == \
-        {k: v for k, v in default.items() if k not in ("preset", "epochs", "encoder_bn")}
-    mixed = model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30, m3_encoder_bn="train"))
-    assert (mixed["epochs"], mixed["encoder_bn"]) == (30, "train")  # an explicit setting wins over the preset
+    assert tuple(strong[k] for k in named) == ("strong", 50, "frozen", 0.5)
+    assert {k: v for k, v in strong.items() if k not in named} == {k: v for k, v in default.items() if k not in named}
+    mixed = model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30, m3_encoder_bn="train",
+                                    m3_deep_supervision=0))
+    assert (mixed["epochs"], mixed["encoder_bn"], mixed["deep_supervision"]) == (30, "train", 0.0)  # explicit wins
+    assert model3_recipe(RunConfig(m3_deep_supervision=1))["deep_supervision"] == 1.0
     assert model3_recipe(RunConfig(epochs=3, m3_recipe="strong"))["epochs"] == 6
 
 
@@ -256,6 +264,8 @@ def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_l
     assert build_parser().parse_args(["--tta"]).tta == "flips" and build_parser().parse_args([]).tta is False
     params = notebook_parameters(RunConfig(m3_recipe=args.m3_recipe, tta=args.tta))
     assert params["M3_RECIPE"] == "strong" and params["TTA"] == "dihedral" and params["M3_ENCODER_BN"] is None
+    assert params["M3_DEEP_SUPERVISION"] is None and args.m3_deep_supervision is None
+    assert build_parser().parse_args(["--m3-deep-supervision", "0"]).m3_deep_supervision == 0.0
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--m3-recipe", "best"])
     with pytest.raises(ValueError, match="tta must be"):
