@@ -126,6 +126,22 @@ def challenge_table(results: dict[str, dict]) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=CHALLENGE_COLUMNS).set_index("method")
 
 
+class Whole:
+    """A table shown with every cell whole, in a notebook (HTML) and as text: pandas cuts cells at 50
+    characters by default, which hides most of the challenge table's ``conditions``."""
+
+    def __init__(self, table: pd.DataFrame):
+        self.table = table
+
+    def _repr_html_(self) -> str:
+        with pd.option_context("display.max_colwidth", None):
+            return self.table.to_html(notebook=True)
+
+    def __repr__(self) -> str:
+        with pd.option_context("display.max_colwidth", None, "display.width", None):
+            return repr(self.table)
+
+
 def _ensemble_rows(name: str, result: dict) -> list[dict]:
     """The rows of a model's seeds scored as one ensemble (M3_ENSEMBLE), when they were: one number each."""
     ensemble, rows = result["summary"].get("ensemble"), []

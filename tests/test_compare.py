@@ -68,3 +68,17 @@ def test_model3_seeds_scored_as_one_ensemble_reach_the_summary_and_the_challenge
                     "Model 3 (fine-tuned, U-Net decoder) - ours, seeds 0+1 as one ensemble with flip TTA"]
     assert table.loc[rows[0], "jaccard"] == f"{ensemble['original']['jaccard']:.4f}"
     assert "one ensemble of 2 seeds" in table.loc[rows[0], "conditions"]
+
+
+def test_the_notebook_shows_every_condition_whole_in_html_and_as_text():
+    import html
+
+    table = compare.challenge_table({"model3_unet": _result(tta=True, preset="strong", encoder_bn="frozen",
+                                                            deep_supervision=0.5)})
+    longest = max(table["conditions"], key=len)
+    assert len(longest) > 150 and longest.endswith("the image and its two flips")
+    assert html.escape(longest, quote=False) not in table._repr_html_()  # pandas alone cuts it
+    shown = compare.Whole(table)
+    assert all(html.escape(c, quote=False) in shown._repr_html_() for c in table["conditions"])
+    assert 'class="dataframe"' in shown._repr_html_()
+    assert all(c in repr(shown) for c in table["conditions"])

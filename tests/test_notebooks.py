@@ -10,6 +10,7 @@ import re
 import subprocess
 import sys
 import time
+from html import escape
 
 import nbformat
 import pytest
@@ -121,6 +122,15 @@ def test_headless_pipeline_writes_every_output(headless_run, capsys):
         executed = nbformat.read(run / "notebooks" / name, as_version=4)
         assert any("injected-parameters" in c.metadata.get("tags", []) for c in executed.cells)
     assert "Model 3 (U-Net decoder)" in html and "Gutman" in html
+    # the challenge table's conditions are shown whole (pandas would cut them at 50 characters)
+    from helpers import compare
+    conditions = compare.challenge_table(compare.available_results(run, log=None))["conditions"]
+    executed = nbformat.read(run / "notebooks" / "05_comparison.ipynb", as_version=4)
+    shown = "".join(o["data"]["text/html"] for c in executed.cells if c.cell_type == "code" for o in c.outputs
+                    if "text/html" in o.get("data", {}))
+    assert max(map(len, conditions)) > 100
+    for text in conditions:
+        assert escape(text, quote=False) in shown and escape(text, quote=False) in html, text
 
     # a finished run is never overwritten without --overwrite
     assert reproduce.main(_main_args(tmp_path, "--name", "t")) == 1
