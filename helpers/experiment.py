@@ -98,9 +98,9 @@ class RunConfig:
         except ProjectError as exc:  # a bad setting, as for the others
             raise ValueError(str(exc)) from None
         w = self.m3_deep_supervision
-        if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and 0 <= w < math.inf):
-            raise ValueError(f"m3_deep_supervision is the weight of the auxiliary losses, 0 (off) or more, "
-                             f"got {self.m3_deep_supervision!r}")
+        if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
+                                  and w >= 0):
+            raise ValueError(f"m3_deep_supervision is the weight of the auxiliary losses, 0 (off) or more, got {w!r}")
         if self.m3_recipe not in M3_RECIPES:
             raise ValueError(f"m3_recipe must be one of {tuple(M3_RECIPES)}, got {self.m3_recipe!r}")
         for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
