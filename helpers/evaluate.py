@@ -4,11 +4,13 @@
     python -m helpers.evaluate --checkpoint CKPT --images DIR [--masks DIR [--mask-suffix _Segmentation]]
                                --out DIR [options]
     options: [--batch-size 16] [--device auto] [--tta [flips|dihedral]] [--image-size N] [--max-pixels N] [--overlays [--worst 12]]
-             [--quiet]
+             [--validation-of SPLIT_JSON] [--quiet]
 
 ``--data-dir`` reads the ISIC 2016 Part 1 layout; ``--images``/``--masks`` read any two folders
 (or one), pairing ``stem.ext`` with ``<stem><suffix>.ext`` (:mod:`helpers.pairing`), e.g. PH2's
-``IMD002.bmp`` with ``IMD002_lesion.bmp`` (``--mask-suffix _lesion``). Masks may be 0/255, 0/1 or
+``IMD002.bmp`` with ``IMD002_lesion.bmp`` (``--mask-suffix _lesion``). With ``--data-dir``,
+``--validation-of RUN/split.json`` scores only the validation images that a training or the ablation
+held out (the split file it wrote), e.g. to score checkpoints of several runs as one ensemble on them. Masks may be 0/255, 0/1 or
 palette images (:func:`helpers.images.read_mask`); a file of more than ``--max-pixels`` pixels
 (100 million by default) is refused by name before it is decoded.
 
@@ -56,6 +58,7 @@ from .io import atomic_path, write_csv, write_json
 from .overlays import OVERLAY_SUFFIX, SHEET_NAME, contact_sheet, write_overlay
 from .pairing import DEFAULT_MASK_SUFFIX, pair_folders
 from .progress import progress_bar
+from .splits import read_split
 from .train import load_checkpoint, resolve_device
 
 DEFAULT_IMAGE_SIZE = 128  # the report's size, used when neither the caller nor the checkpoint gives one
@@ -311,6 +314,8 @@ def worst_sheet(out_dir: Path, per_image: list[dict], overlay_dir: Path, n: int)
 def summary_line(summary: dict, out_dir) -> str:
     """The one-line report printed by the CLI."""
     which = f"{summary['split']} images" if summary["split"] else f"images of {summary['images_dir']}"
+    if summary.get("ids", "all") != "all":
+        which = f"chosen {which}"
     tta = f" ({tta_label(summary['tta_mode'])})" if summary["tta"] else ""
     head = f"evaluate: {summary['n_images']} {which}{tta}"
     scores = (f"Jaccard {summary['macro']['jaccard']:.3f} (macro), Dice {summary['macro']['dice']:.3f}"
@@ -334,6 +339,8 @@ def _check_inputs(args: argparse.Namespace) -> None:
         raise ProjectError("--split goes with --data-dir, not with --images")
     if args.masks is None and args.mask_suffix is not None:
         raise ProjectError("--mask-suffix needs --masks DIR")
+    if args.validation_of is not None and args.data_dir is None:
+        raise ProjectError("--validation-of goes with --data-dir (the folder the split was made from)")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -362,6 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also write overlays/<id>_overlay.jpg (the image with the predicted outline, and the true "
                              "one when masks are given) and, with masks, worst.jpg: a contact sheet of the worst images")
     parser.add_argument("--worst", type=int, default=12, help="with --overlays and masks: images on the contact sheet")
+    parser.add_argument("--validation-of", type=Path, metavar="SPLIT_JSON",
+                        help="with --data-dir: score only the validation ids of this split.json (written by a "
+                             "training or the ablation into its run folder), from the split it was held out of")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     args = parser.parse_args(argv)
     options = dict(batch_size=args.batch_size, device=args.device, tta=args.tta, progress=not args.quiet,
@@ -375,6 +385,13 @@ def main(argv: list[str] | None = None) -> int:
         if args.images is not None:
             summary = evaluate_folders(args.checkpoint, args.images, args.masks, args.out,
                                        mask_suffix=args.mask_suffix or DEFAULT_MASK_SUFFIX, **options)
+        elif args.validation_of is not None:
+            record = read_split(args.validation_of)
+            if args.split not in (None, record["source_split"]):
+                raise ProjectError(f"{args.validation_of}: its validation ids come from the {record['source_split']} "
+                                   f"split, not --split {args.split}")
+            summary = evaluate_checkpoint(args.checkpoint, args.data_dir, record["source_split"], args.out,
+                                          ids=record["validation_ids"], **options)
         else:
             summary = evaluate_checkpoint(args.checkpoint, args.data_dir, args.split or "test", args.out, **options)
     except ProjectError as exc:

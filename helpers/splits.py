@@ -60,3 +60,21 @@ def write_split(folder: str | Path, record: dict) -> Path:
                                f"ids); use the same VAL_FRACTION and SPLIT_SEED, or another run folder")
         return path
     return write_json(path, record)
+
+
+def read_split(path: str | Path) -> dict:
+    """A ``split.json`` written by :func:`write_split` (a run folder's or the ablation's): its record,
+    checked to name a source split and a list of validation ids. DataError naming the file otherwise."""
+    path = Path(path)
+    try:
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise DataError(f"{path}: split file not found") from None
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{path}: unreadable split file ({exc})") from None
+    ids = record.get("validation_ids") if isinstance(record, dict) else None
+    if not (isinstance(ids, list) and ids and all(isinstance(i, str) for i in ids)):
+        raise DataError(f"{path}: not a split file (no list of validation ids under \"validation_ids\")")
+    if record.get("source_split", "train") not in ("train", "test"):
+        raise DataError(f"{path}: unknown source split {record.get('source_split')!r}")
+    return record

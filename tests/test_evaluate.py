@@ -14,6 +14,7 @@ from helpers.folders import SPLITS
 from helpers.evaluate import evaluate_checkpoint, main, predict_logits, predict_original_size
 from helpers.errors import ProjectError
 from helpers.model import build_model
+from helpers.splits import split_record, write_split
 from helpers.train import fit, load_checkpoint, save_run
 
 from isic_challenge_scoring.segmentation import SegmentationScore
@@ -201,6 +202,37 @@ def test_an_ensemble_is_the_mean_probability_of_its_models(runs, tmp_path, capsy
     assert summary["ensemble"] == 2 and summary["checkpoint"] == [str(runs["fit"]), str(runs["mixed"])]
     check_masks(root, out)
     assert summary["macro"]["jaccard"] == pytest.approx(float(official_macro(root, out)["jaccard"]), abs=1e-6)
+
+
+def test_validation_of_a_split_file_scores_only_its_ids(runs, tmp_path, capsys):
+    root, held = runs["root"], ["ISIC_0000001", "ISIC_0000003"]
+    train_ids = sorted(p.stem for p in (root / SPLITS["train"][0]).glob("*.jpg"))
+    assert set(held) < set(train_ids)
+    split = write_split(tmp_path / "run", split_record([i for i in train_ids if i not in held], held, 0.2, 0))
+    out = tmp_path / "val"
+    assert main(["--checkpoint", str(runs["fit"]), str(runs["mixed"]), "--data-dir", str(root), "--out", str(out),
+                 "--validation-of", str(split), "--image-size", str(IMAGE_SIZE), "--quiet"]) == 0
+    assert capsys.readouterr().out.startswith("evaluate: 2 chosen train images, Jaccard ")
+    assert sorted(m.name for m in (out / "masks").iterdir()) == [f"{i}_segmentation.png" for i in held]
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "train" and summary["n_images"] == 2 and summary["ensemble"] == 2
+    assert [r["id"] for r in read_csv(out / "per_image.csv")] == held
+    bad = [(tmp_path / "none.json", "split file not found"), (tmp_path / "junk.json", "unreadable split file"),
+           (tmp_path / "other.json", "not a split file")]
+    (tmp_path / "junk.json").write_text("{")
+    (tmp_path / "other.json").write_text(json.dumps({"validation_ids": []}))
+    for path, why in bad:
+        assert main(["--checkpoint", str(runs["fit"]), "--data-dir", str(root), "--out", str(tmp_path / "x"),
+                     "--validation-of", str(path)]) == 1
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"error: {path}: {why}") and "\n" not in err
+    assert main(["--checkpoint", str(runs["fit"]), "--data-dir", str(root), "--split", "test", "--out",
+                 str(tmp_path / "x"), "--validation-of", str(split)]) == 1
+    assert "come from the train split, not --split test" in capsys.readouterr().err
+    assert main(["--checkpoint", str(runs["fit"]), "--images", str(root / SPLITS["test"][0]), "--out",
+                 str(tmp_path / "x"), "--validation-of", str(split)]) == 1
+    assert "--validation-of goes with --data-dir" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()
 
 
 def test_images_only_writes_masks_without_metrics(runs, tmp_path, capsys):
