@@ -50,7 +50,8 @@ from .train import fit
 BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
         "encoder_lr": 1.0, "encoder_bn": "train", "rotate": 0.0,
         "widths": "",  # widths: the decoder's four channel widths, e.g. 192-128-64-32 ("": the decoder's own)
-        "deep": 0.0}  # deep: the weight of deep supervision's auxiliary losses (0: off)
+        "deep": 0.0,  # deep: the weight of deep supervision's auxiliary losses (0: off)
+        "lr_factor": 1.0}  # lr_factor: the peak learning rate as a fraction of --lr
 FULL = {"augment": "on", "loss": "bce_dice", "schedule": "cosine"}
 VARIANTS = {
     "model2": {"decoder": "report"},  # Model 2 (the report's decoder and recipe), for reference
@@ -75,8 +76,9 @@ VARIANTS = {
     "full-bnfrozen-deep": {**FULL, "encoder_bn": "frozen", "deep": 0.5},  # deep supervision at strides 16, 8, 4
     "strong-deep": {**FULL, "encoder_bn": "frozen", "epochs": 50, "deep": 0.5},
     "strong-deep-100ep": {**FULL, "encoder_bn": "frozen", "epochs": 100, "deep": 0.5},
+    "strong-halflr": {**FULL, "encoder_bn": "frozen", "epochs": 50, "deep": 0.5, "lr_factor": 0.5},  # M3_RECIPE=strong
 }
-QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths", "deep")  # recipe keys the table names only where a variant changes them
+QUIET = ("encoder_lr", "encoder_bn", "rotate", "widths", "deep", "lr_factor")  # recipe keys the table names only where a variant changes them
 EMA_DECAYS = (0.99, 0.995, 0.998)  # moving averages every training keeps: about 100, 200 and 500 steps
 
 
@@ -106,7 +108,8 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     model = build_model(False, encoder_weights=weights, decoder=r["decoder"], progress=False,
                         decoder_widths=decoder_widths(r["widths"]))
     folder = out / name / f"seed{seed}"
-    history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr, seed=seed, device=device,
+    history = fit(model, train, val, epochs=r["epochs"], batch_size=batch_size, lr=lr * r["lr_factor"], seed=seed,
+                  device=device,
                   out_dir=folder, progress=progress, eval_split="validation", select="last",
                   augment=augment_option(r), loss=r["loss"], schedule=r["schedule"], log=None, ema=EMA_DECAYS,
                   encoder_lr=r["encoder_lr"], encoder_bn=r["encoder_bn"], deep_supervision=r["deep"])

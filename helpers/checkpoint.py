@@ -25,6 +25,7 @@ import torch
 from .errors import RunStateError
 from .io import atomic_path, write_json
 from .model import SegmentationModel, build_model, saved_decoder_widths
+from .progress import plural
 
 STATE = "last.pt"
 CHECKPOINT = "checkpoint.pt"
@@ -132,7 +133,7 @@ def start_or_resume(out_dir: str | Path, model: SegmentationModel, optimizer: to
         _check_same(final, ckpt, settings, model.config)
         model.load_state_dict(ckpt["model"])
         if log:
-            log(f"{out_dir}: reused the finished training in {CHECKPOINT} ({len(ckpt['history'])} epochs, same "
+            log(f"{out_dir}: reused the finished training in {CHECKPOINT} ({plural(len(ckpt['history']), 'epoch')}, same "
                 "settings); pass overwrite=True to retrain")
         return ckpt["history"], True, {}
     return [], False, {}

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from .evaluate import TTA_NAMES, tta_label, tta_mode
 from .experiment import load_result, mean_sd
+from .progress import plural
 from .recipe import LOSS_NAMES
 
 MODELS = {  # run name -> label
@@ -172,7 +173,7 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
     if recipe.get("preset") not in (None, "default"):
         text += f"; recipe {recipe['preset']!r}"
     if recipe.get("epochs"):
-        text += f"; {recipe['epochs']} epochs"
+        text += f"; {plural(recipe['epochs'], 'epoch')}"
     if recipe.get("loss") in LOSS_NAMES:
         text += f", loss {LOSS_NAMES[recipe['loss']]}"
     if recipe.get("select") not in (None, "last"):
@@ -181,6 +182,8 @@ def _our_conditions(result: dict, ensemble: bool = False) -> str:
         text += ", encoder BatchNorm statistics frozen"
     if recipe.get("deep_supervision"):
         text += f", deep supervision (weight {recipe['deep_supervision']:g})"
+    if recipe.get("lr") is not None:
+        text += f", learning rate {recipe['lr']:g}"
     return text
 
 

@@ -78,6 +78,7 @@ class RunConfig:
     m3_encoder_bn: str | None = None  # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its
     #                                   saved ones); None: the preset's
     m3_deep_supervision: float | None = None  # weight of deep supervision's auxiliary losses (0: off); None: the preset's
+    m3_lr: float | None = None      # Model 3's peak learning rate; None: the preset's fraction of lr (1, or 0.5 for "strong")
     m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
     max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
     external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
@@ -101,6 +102,11 @@ class RunConfig:
         if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
                                   and w >= 0):
             raise ValueError(f"m3_deep_supervision is the weight of the auxiliary losses, 0 (off) or more, got {w!r}")
+        for name in ("lr", "m3_lr"):
+            v = getattr(self, name)
+            if (v is not None or name == "lr") and not (isinstance(v, (int, float)) and not isinstance(v, bool)
+                                                        and math.isfinite(v) and v > 0):
+                raise ValueError(f"{name} is a learning rate, a finite number above 0, got {v!r}")
         if self.m3_recipe not in M3_RECIPES:
             raise ValueError(f"m3_recipe must be one of {tuple(M3_RECIPES)}, got {self.m3_recipe!r}")
         for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
@@ -353,9 +359,10 @@ def environment() -> dict:
 # Model 3's named recipes (M3_RECIPE): what its M3_* settings left at None become. "strong" is the
 # best recipe measured on a validation split of real ISIC 2016 training images (docs/models.md): twice
 # the epochs (50 with the report's 25), the encoder's BatchNorm statistics frozen, deep supervision
-# at weight 0.5; it trains for about twice the time of "default".
-M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train", "deep_supervision": 0.0},
-              "strong": {"epochs_factor": 2, "encoder_bn": "frozen", "deep_supervision": 0.5}}
+# at weight 0.5, half the learning rate (0.0005 with the report's 0.001); it trains for about twice
+# the time of "default" (the learning rate costs nothing).
+M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train", "deep_supervision": 0.0, "lr_factor": 1.0},
+              "strong": {"epochs_factor": 2, "encoder_bn": "frozen", "deep_supervision": 0.5, "lr_factor": 0.5}}
 REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train",
                  "deep_supervision": 0.0}
 
@@ -369,7 +376,9 @@ def model3_recipe(cfg: RunConfig) -> dict:
             "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
             "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"],
             "deep_supervision": preset["deep_supervision"] if cfg.m3_deep_supervision is None
-            else float(cfg.m3_deep_supervision), "ensemble": cfg.m3_ensemble}
+            else float(cfg.m3_deep_supervision),
+            "lr": float(cfg.m3_lr) if cfg.m3_lr is not None else cfg.lr * preset["lr_factor"],
+            "ensemble": cfg.m3_ensemble}
 
 
 def scorings(cfg: RunConfig) -> tuple:
@@ -395,7 +404,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     split, weights and versions). Returns {"seed", "history", "per_image", "original", "metrics", "probs"}.
     """
     seed = cfg.seed if seed is None else seed
-    recipe = {**REPORT_RECIPE, "epochs": cfg.epochs, **(recipe or {})}
+    recipe = {**REPORT_RECIPE, "epochs": cfg.epochs, "lr": cfg.lr, **(recipe or {})}
     out = cfg.run_path / name / f"seed{seed}"
     if recipe["select"] == "best" and d.val is None:
         raise DataError(f"{d.root}: choosing the best epoch needs a validation split, and this run has none: set "
@@ -404,7 +413,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     label = f"{MODEL_LABELS.get(name, name)}, seed {seed}"
     live = live_loss_curve(label, d.label, f"{label}: loss per epoch (live)",
                            OBJECTIVES.get(recipe["loss"])) if cfg.progress else None
-    history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=cfg.lr,
+    history = fit(model, d.train, per_epoch, epochs=recipe["epochs"], batch_size=cfg.batch_size, lr=recipe["lr"],
                   seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
                   select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"],
                   encoder_bn=recipe["encoder_bn"], deep_supervision=recipe["deep_supervision"], label=label,

@@ -28,6 +28,11 @@ INTERVAL = 10.0  # seconds, at least, between two plain progress lines
 STEP = 0.1  # fraction of the total done between two plain progress lines
 
 
+def plural(n: int, noun: str) -> str:
+    """"1 epoch", "2 epochs": a count and its noun, for lines a person reads."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def progress_bar(iterable: Iterable | None = None, *, total: int | None = None, desc: str = "", unit: str = "it",
              enabled: bool = True, unit_scale: bool = False, initial: int = 0, leave: bool = False,
              stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic,

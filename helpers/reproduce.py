@@ -60,7 +60,7 @@ def notebook_parameters(cfg: RunConfig) -> dict:
             "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
             "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
             "M3_SELECT": cfg.m3_select, "M3_RECIPE": cfg.m3_recipe, "M3_ENCODER_BN": cfg.m3_encoder_bn,
-            "M3_DEEP_SUPERVISION": cfg.m3_deep_supervision, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
+            "M3_DEEP_SUPERVISION": cfg.m3_deep_supervision, "M3_LR": cfg.m3_lr, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
             "EXTERNAL": cfg.external}
 
 
@@ -225,8 +225,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isic-url", default=d.isic_url, help="where to download ISIC 2016 from when it is absent")
     p.add_argument("--m3-recipe", choices=tuple(M3_RECIPES), default=d.m3_recipe,
                    help="Model 3's named recipe: default, or strong (twice the epochs, the encoder's BatchNorm "
-                        "statistics frozen, deep supervision: the best measured, for about twice the training "
-                        "time); the --m3-* options below override it")
+                        "statistics frozen, deep supervision, half the learning rate: the best measured, for about "
+                        "twice the training time); the --m3-* options below override it")
     p.add_argument("--m3-image-size", type=int, default=None, help="Model 3's working size (default: --image-size)")
     p.add_argument("--m3-epochs", type=int, default=None,
                    help="Model 3's epochs (default: --epochs, twice that with --m3-recipe strong)")
@@ -244,6 +244,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--m3-deep-supervision", type=float, default=d.m3_deep_supervision, metavar="WEIGHT",
                    help="the weight of deep supervision's auxiliary losses while Model 3 trains (0: off); default: "
                         "the recipe's (0 for default, 0.5 for strong)")
+    p.add_argument("--m3-lr", type=float, default=d.m3_lr, metavar="LR",
+                   help="Model 3's peak learning rate (Models 1 and 2 keep --lr); default: the recipe's fraction of "
+                        "--lr (all of it for default, half for strong)")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--m3-ensemble", action="store_true",
@@ -283,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
                     m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
                     m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
                     m3_recipe=args.m3_recipe, m3_encoder_bn=args.m3_encoder_bn, m3_ensemble=args.m3_ensemble,
-                    m3_deep_supervision=args.m3_deep_supervision,
+                    m3_deep_supervision=args.m3_deep_supervision, m3_lr=args.m3_lr,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)

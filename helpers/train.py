@@ -21,7 +21,7 @@ from .checkpoint import load_checkpoint, read_history, save_run  # noqa: F401 (i
 from .cache import TensorSegmentation
 from .errors import TrainingDiverged
 from .model import SegmentationModel
-from .progress import progress_bar
+from .progress import plural, progress_bar
 
 EVAL_SPLITS = {"test": "test", "validation": "val"}  # split scored after every epoch -> its history key prefix
 SELECTS = ("last", "best", "ema")  # which weights fit keeps
@@ -368,7 +368,7 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
         selected = best["epoch"]
     if log:
         row = history[selected - 1]
-        log(f"trained {epochs} epochs in {time.perf_counter() - start:.0f} s on {dev}: {eval_split} IoU "
+        log(f"trained {plural(epochs, 'epoch')} in {time.perf_counter() - start:.0f} s on {dev}: {eval_split} IoU "
             f"{row[f'{key}_iou']:.3f}, Dice {row[f'{key}_dice']:.3f}"
             + (f" (best epoch {selected}, selected on the validation split)" if select == "best" else "")
             + (f" (raw weights; kept: their moving average, decay {ema[0]})" if select == "ema" else ""))

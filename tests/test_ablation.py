@@ -25,16 +25,19 @@ def test_a_rotation_needs_augmentation_on():
         ablation.augment_option({"augment": "off", "rotate": 15.0})
 
 
-@pytest.mark.parametrize("preset, recipe, epochs", [("full", "default", 25), ("strong-deep", "strong", 25),
-                                                    ("strong-deep-100ep", "strong", 50)])
-def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trains(preset, recipe, epochs):
+@pytest.mark.parametrize("preset, recipe, epochs, m3_lr", [
+    ("full", "default", 25, None), ("strong-halflr", "strong", 25, None),
+    ("strong-deep", "strong", 25, 0.001), ("strong-deep-100ep", "strong", 50, 0.001)])
+def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trains(preset, recipe, epochs, m3_lr):
     from helpers.experiment import RunConfig, model3_recipe
 
-    main = model3_recipe(RunConfig(epochs=epochs, m3_recipe=recipe))  # strong with EPOCHS=50: 100 epochs
+    cfg = RunConfig(epochs=epochs, m3_recipe=recipe, m3_lr=m3_lr)  # strong with EPOCHS=50: 100 epochs
+    main = model3_recipe(cfg)
     as_keys = {"decoder": "unet", "image_size": main["image_size"], "epochs": main["epochs"],
                "augment": "on" if main["augment"] else "off", "loss": main["loss"], "schedule": main["schedule"],
                "encoder_lr": 1.0, "encoder_bn": main["encoder_bn"], "rotate": 0.0, "widths": "",
-               "deep": main["deep_supervision"]}
+               "deep": main["deep_supervision"], "lr_factor": main["lr"] / cfg.lr}
+    assert cfg.lr == 0.001  # the ablation's --lr default, so lr_factor times it is the main job's rate
     assert {**ablation.BASE, **ablation.VARIANTS[preset]} == as_keys
     assert main["select"] == "last"  # what the ablation keeps too
 
@@ -43,7 +46,7 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
-            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen,rotate:20,deep:0.5"]
+            "plain=image_size:32,epochs:1", "recipe=image_size:32,epochs:2,augment:on,loss:bce_dice,schedule:cosine,encoder_bn:frozen,rotate:20,deep:0.5,lr_factor:0.5"]
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
@@ -52,8 +55,9 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     assert "rotate 20.0" in lines["| recipe"] and "rotate" not in lines["| plain"]
     assert "deep 0.5" in lines["| recipe"] and "deep" not in lines["| plain"]
     settings = json.loads((out / "recipe" / "seed0" / "history.json").read_text())["settings"]
-    assert settings["deep_supervision"] == 0.5
-    assert json.loads((out / "plain" / "seed0" / "history.json").read_text())["settings"]["deep_supervision"] == 0.0
+    assert settings["deep_supervision"] == 0.5 and settings["lr"] == 0.0005 and "lr_factor 0.5" in lines["| recipe"]
+    plain = json.loads((out / "plain" / "seed0" / "history.json").read_text())["settings"]
+    assert plain["deep_supervision"] == 0.0 and plain["lr"] == 0.001 and "lr_factor" not in lines["| plain"]
     assert "rotate=20.0" in settings["augment"] and "scale=[0.75, 1.25]" in settings["augment"]
     split = json.loads((out / "split.json").read_text())
     report = json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())

@@ -34,7 +34,11 @@ def test_the_challenge_table_names_the_conditions_of_every_row():
     assert "deep supervision" not in strong["conditions"]
     deep = compare.challenge_table({"model3_unet": _result(preset="strong", encoder_bn="frozen", deep_supervision=0.5)})
     assert deep.iloc[0]["conditions"].endswith("statistics frozen, deep supervision (weight 0.5)")
+    halved = compare.challenge_table({"model3_unet": _result(preset="strong", deep_supervision=0.5, lr=0.0005)})
+    assert halved.iloc[0]["conditions"].endswith("deep supervision (weight 0.5), learning rate 0.0005")
     assert "recipe" not in compare.challenge_table({"model3_unet": _result(preset="default")}).iloc[0]["conditions"]
+    one = compare.challenge_table({"model3_unet": _result(epochs=1)}).iloc[0]["conditions"]
+    assert "; 1 epoch, loss" in one and "1 epochs" not in one
 
 
 def test_the_challenge_table_without_results_still_shows_the_published_rows():

@@ -5,7 +5,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from helpers import data
-from helpers.progress import progress_bar
+from helpers.progress import plural, progress_bar
 
 
 class FakeTerminal(io.StringIO):
@@ -98,3 +98,7 @@ def test_helpers_shows_progress_only_through_progress_bar():
     package = Path(__file__).resolve().parent.parent / "helpers"
     users = sorted(p.name for p in package.glob("*.py") if re.search(r"^\s*(from|import) tqdm", p.read_text(), re.M))
     assert users == ["progress.py"]
+
+
+def test_counts_read_as_a_person_writes_them():
+    assert [plural(n, "epoch") for n in (0, 1, 2, 25)] == ["0 epochs", "1 epoch", "2 epochs", "25 epochs"]

@@ -183,6 +183,7 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_froz
     assert ckpt["settings"]["loss"] == "BCEWithLogitsLoss + Lovasz hinge" and ckpt["settings"]["select"] == "ema"
     assert result["metrics"]["recipe"]["encoder_bn"] == "frozen" and ckpt["settings"]["encoder_bn"] == "frozen"
     assert result["metrics"]["recipe"]["deep_supervision"] == 0.5 and ckpt["settings"]["deep_supervision"] == 0.5
+    assert result["metrics"]["recipe"]["lr"] == 0.0005 and ckpt["settings"]["lr"] == 0.0005  # half of LR
     assert ckpt["model"].keys() == experiment.new_model(c, freeze_encoder=False, decoder="unet").state_dict().keys()
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
     for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}, {"m3_recipe": "best"}):
@@ -191,6 +192,10 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_froz
     for bad in (-0.5, float("nan"), float("inf"), "0.5", True):
         with pytest.raises(ValueError, match="m3_deep_supervision is the weight of the auxiliary losses"):
             RunConfig(m3_deep_supervision=bad)
+    for name in ("lr", "m3_lr"):
+        for bad in (0, -1e-3, float("nan"), float("inf"), "0.001", True) + ((None,) if name == "lr" else ()):
+            with pytest.raises(ValueError, match=f"{name} is a learning rate, a finite number above 0"):
+                RunConfig(**{name: bad})
 
 
 def test_the_encoder_can_learn_at_a_fraction_of_the_decoders_rate(splits, tmp_path):
@@ -242,15 +247,16 @@ def test_fine_tuning_can_keep_the_encoders_batchnorm_statistics(splits, tmp_path
 def test_model3_named_recipes_fill_only_the_settings_left_unset():
     from helpers.experiment import RunConfig, model3_recipe
 
-    named = ("preset", "epochs", "encoder_bn", "deep_supervision")  # what the presets set
+    named = ("preset", "epochs", "encoder_bn", "deep_supervision", "lr")  # what the presets set
     default = model3_recipe(RunConfig(epochs=25))
-    assert tuple(default[k] for k in named) == ("default", 25, "train", 0.0)
+    assert tuple(default[k] for k in named) == ("default", 25, "train", 0.0, 0.001)
     strong = model3_recipe(RunConfig(epochs=25, m3_recipe="strong"))
-    assert tuple(strong[k] for k in named) == ("strong", 50, "frozen", 0.5)
+    assert tuple(strong[k] for k in named) == ("strong", 50, "frozen", 0.5, 0.0005)
     assert {k: v for k, v in strong.items() if k not in named} == {k: v for k, v in default.items() if k not in named}
     mixed = model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30, m3_encoder_bn="train",
-                                    m3_deep_supervision=0))
-    assert (mixed["epochs"], mixed["encoder_bn"], mixed["deep_supervision"]) == (30, "train", 0.0)  # explicit wins
+                                    m3_deep_supervision=0, m3_lr=0.002))
+    assert (mixed["epochs"], mixed["encoder_bn"], mixed["deep_supervision"], mixed["lr"]) == (30, "train", 0.0, 0.002)
+    assert model3_recipe(RunConfig(lr=0.004, m3_recipe="strong"))["lr"] == 0.002  # a fraction of LR
     assert model3_recipe(RunConfig(m3_deep_supervision=1))["deep_supervision"] == 1.0
     assert model3_recipe(RunConfig(epochs=3, m3_recipe="strong"))["epochs"] == 6
 
@@ -266,6 +272,8 @@ def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_l
     assert params["M3_RECIPE"] == "strong" and params["TTA"] == "dihedral" and params["M3_ENCODER_BN"] is None
     assert params["M3_DEEP_SUPERVISION"] is None and args.m3_deep_supervision is None
     assert build_parser().parse_args(["--m3-deep-supervision", "0"]).m3_deep_supervision == 0.0
+    assert params["M3_LR"] is None and args.m3_lr is None
+    assert build_parser().parse_args(["--m3-lr", "0.0005"]).m3_lr == 0.0005
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--m3-recipe", "best"])
     with pytest.raises(ValueError, match="tta must be"):

@@ -233,8 +233,15 @@ def test_finished_fit_is_reused_not_retrained(splits, tmp_path, monkeypatch):
     again, lines = build_model(False, encoder_weights=None), []
     assert train.fit(again, *splits, epochs=1, batch_size=4, seed=3, device="cpu", out_dir=tmp_path,
                      progress=False, log=lines.append) == history
-    assert len(lines) == 1 and "reused the finished training" in lines[0]
+    assert len(lines) == 1 and "reused the finished training" in lines[0] and "(1 epoch, same settings)" in lines[0]
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in again.state_dict().items())
+
+
+def test_the_closing_line_counts_epochs_as_words(splits):
+    lines = []
+    train.fit(build_model(False, encoder_weights=None), *splits, epochs=1, batch_size=4, seed=3, device="cpu",
+              progress=False, log=lines.append)
+    assert lines[-1].startswith("trained 1 epoch in ") and " s on cpu: test IoU " in lines[-1]
 
 
 def test_checkpoint_of_an_earlier_version_loads_with_its_own_decoder_widths(splits, tmp_path):
