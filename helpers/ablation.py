@@ -299,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     rows = table(runs, ensembles)
     header = (f"Model 3 ablation on {args.data_dir.name}: {split['n_train']} training / {split['n_validation']} "
               f"validation images ({args.val_fraction:.0%} split, split seed {args.split_seed}), encoder weights "
-              f"{runs[0]['weights']}, seeds {args.seeds}, {torch.get_num_threads()} CPU thread(s)"
+              f"{runs[0]['weights']}, seeds {args.seeds}, batch size {args.batch_size}, learning rate {args.lr:g} "
+              f"(times each variant's lr_factor), {torch.get_num_threads()} CPU thread(s)"
               if runs else "no runs")
     text = markdown(rows, header, epoch_rows(runs))
     stem = f"ablation-{'-'.join(n for n, _ in variants)}-seeds{'+'.join(map(str, args.seeds))}"

@@ -50,6 +50,7 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     assert ablation.main(args) == 0
     printed = capsys.readouterr().out
     assert "| plain |" in printed and "| recipe |" in printed and "8 training / 2 validation images" in printed
+    assert "batch size 16, learning rate 0.001 (times each variant's lr_factor)" in printed
     lines = {line.split(" | ")[0]: line for line in printed.splitlines() if line.startswith("| ")}
     assert "encoder_bn frozen" in lines["| recipe"] and "encoder_bn" not in lines["| plain"]  # named where changed
     assert "rotate 20.0" in lines["| recipe"] and "rotate" not in lines["| plain"]
