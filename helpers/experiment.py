@@ -624,16 +624,21 @@ def load_result(run_dir: str | Path, name: str) -> dict:
     return {"summary": summary, "runs": runs, "external": external}
 
 
-def sanity_checks(result: dict) -> dict:
-    """Facts that must hold for any trained model; their output is regression-tested by nbval."""
-    rows = result["per_image"] + result["original"]
-    identity = all(abs(r["dice"] - 2 * r["jaccard"] / (1 + r["jaccard"])) < 1e-9 for r in rows)
-    bounded = all(0.0 <= r[k] <= 1.0 for r in rows for k in metrics.METRICS)
-    m = result["metrics"]
-    finite = all(v == v for v in [*m["macro"].values(), *m["original"]["macro"].values()])
-    return {"test images scored": len(result["per_image"]), "at original size": len(result["original"]),
-            "per-image Dice == 2J/(1+J)": identity, "all metrics within [0, 1]": bounded,
-            "headline metrics finite": finite}
+def baselines(d: Data) -> dict[str, float]:
+    """Macro Jaccard on the scored split, at the working size, of the image-blind predictions
+    (:func:`helpers.metrics.image_blind_baselines`): facts of the data alone."""
+    return {k: round(v, 4) for k, v in metrics.image_blind_baselines(d.train.masks, d.scored.masks).items()}
+
+
+def against_baselines(d: Data, runs: list[dict], margin: float = 0.05) -> pd.DataFrame:
+    """Each seed's macro Jaccard on the scored split (working size) beside the best image-blind
+    baseline, and whether it beats it by ``margin``: a model that does not has not learnt from the images."""
+    blind = baselines(d)
+    name, best = max(blind.items(), key=lambda kv: kv[1])
+    rows = [{"seed": r["seed"], "Jaccard": round(r["metrics"]["macro"]["jaccard"], 4),
+             "best image-blind baseline": f"{best:.4f} ({name})",
+             f"beats it by {margin}": r["metrics"]["macro"]["jaccard"] >= best + margin} for r in runs]
+    return pd.DataFrame(rows).set_index("seed")
 
 
 def prediction_figure(d: Data, result: dict, best: bool, title: str, note: str, n: int = 4):

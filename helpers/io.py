@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import io
 import json
 import os
@@ -29,9 +30,31 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     try:
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise no_space(path) from None
+        raise
+    except Exception as exc:  # torch.save says a full disk as RuntimeError("... file write failed")
+        if disk_full(path.parent):
+            raise no_space(path) from exc
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def disk_full(folder: Path, margin: int = 1 << 20) -> bool:
+    """Whether the file system of ``folder`` has less than ``margin`` bytes left for this user."""
+    try:
+        stat = os.statvfs(folder)
+    except OSError:
+        return False
+    return stat.f_bavail * stat.f_frsize < margin
+
+
+def no_space(path: Path) -> OSError:
+    """The OSError of a full disk, naming the file that could not be written."""
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -131,6 +131,18 @@ def all_metrics(counts: torch.Tensor, reduction: str = "macro") -> dict[str, flo
     return {name: float(value) for name, value in out.items()}
 
 
+def image_blind_baselines(train_masks: torch.Tensor, truth: torch.Tensor) -> dict[str, float]:
+    """Macro Jaccard on ``truth`` of the predictions a model that ignores its image can make: all
+    background, all lesion, and the prior (each pixel lesion where at least half of ``train_masks``
+    are). A trained model must beat all three; one that does not has learnt nothing from the images.
+
+    train_masks, truth: 0/1 or bool tensors N x 1 x S x S (the same S)."""
+    truth = truth.bool()
+    prior = (train_masks.float().mean(0, keepdim=True) >= 0.5).expand_as(truth)
+    guesses = {"all background": torch.zeros_like(truth), "all lesion": torch.ones_like(truth), "prior": prior}
+    return {name: float(jaccard(confusion(g, truth), "macro")) for name, g in guesses.items()}
+
+
 def per_image_rows(ids: list[str], sizes, counts: torch.Tensor) -> list[dict]:
     """One dict per image: id, height, width (original size) and every metric of :data:`METRICS`."""
     per = all_metrics(counts, "per_image")

@@ -179,6 +179,10 @@ def _load_path(path: Path) -> nn.Sequential:
     return net.features
 
 
+class WeightsWarning(UserWarning):
+    """The encoder starts from other weights than those asked for (``"auto"`` without ImageNet)."""
+
+
 def load_encoder_features(encoder_weights, progress: bool = True) -> tuple[nn.Sequential, str]:
     """MobileNetV2 ``features`` and a description of the weights actually used.
 
@@ -195,8 +199,7 @@ def load_encoder_features(encoder_weights, progress: bool = True) -> tuple[nn.Se
             return _load_imagenet(progress), "imagenet"
         except WeightsError as exc:
             message = f"encoder_weights='auto': ImageNet weights unavailable, using RANDOM initialisation. {exc}"
-            warnings.warn(message, stacklevel=3)
-            print(f"WARNING: {message}")
+            warnings.warn(message, WeightsWarning, stacklevel=3)  # said once: shown by the notebook, or by the CLI
             return mobilenet_v2(weights=None).features, "random (auto: ImageNet weights unavailable)"
     return _load_path(Path(encoder_weights)), f"file:{Path(encoder_weights).name}"
 

@@ -17,10 +17,13 @@ run (results.json) is refused unless ``--overwrite``, which first moves the old 
 from __future__ import annotations
 
 import argparse
+import errno
 import json
+import logging
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import paths
@@ -30,7 +33,7 @@ from .experiment import (DATA_WARNINGS, M3_RECIPES, RunConfig, check_data, envir
 from .evaluate import TTA_MODES
 from .external import parse_spec
 from .io import write_json, write_text
-from .model import load_encoder_features, weights_argument
+from .model import WeightsWarning, load_encoder_features, weights_argument
 from .runlock import hold_run_folder
 from .recipe import LOSSES, SCHEDULES
 from .train import ENCODER_BN, SELECTS, resolve_device
@@ -47,6 +50,10 @@ FIGURES = ("fig01_intensity_histograms.png", "fig02_samples.png", "fig03_model1_
 
 class NotebookFailed(ProjectError):
     """A notebook raised; the message names the notebook, the cell and the error."""
+
+
+class NoSpace(ProjectError):
+    """The disk of the run folder is full; the message names the folder and says how to resume."""
 
 
 def notebook_parameters(cfg: RunConfig) -> dict:
@@ -69,12 +76,34 @@ def notebook_parameters(cfg: RunConfig) -> dict:
 KERNEL_CONFIG = {"KernelManager": {"transport_encryption": "auto"}}
 
 
+def kernel_manager_class():
+    """jupyter_client's kernel manager, launching the kernel process with its own stdout and stderr
+    in a file (``output_file``), not the console: what the kernel process itself logs (ipykernel's
+    "KeyboardInterrupt caught in kernel" when jupyter_client interrupts it on shutdown, a warning of a
+    library) lands in the run's output log beside what its cells print."""
+    from jupyter_client.manager import AsyncKernelManager
+    from traitlets import Unicode
+
+    class LoggedKernelManager(AsyncKernelManager):
+        output_file = Unicode(None, allow_none=True, config=True,
+                              help="file that receives the kernel process's own stdout and stderr (appended to)")
+
+        async def _async_launch_kernel(self, kernel_cmd, **kw):
+            if not self.output_file:
+                return await super()._async_launch_kernel(kernel_cmd, **kw)
+            with open(self.output_file, "ab") as out:  # the kernel keeps its own copy of the descriptor
+                return await super()._async_launch_kernel(kernel_cmd, **{**kw, "stdout": out, "stderr": out})
+
+    return LoggedKernelManager
+
+
 def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str = "python3", stream=None) -> float:
     """Execute one notebook with papermill, passing it exactly the parameters its parameters cell
     declares (each must be in ``parameters``); return its wall time. Raises NotebookFailed.
 
     stream: a text file that receives what the notebook prints (stdout and stderr) as it runs."""
     import papermill as pm
+    from nbclient.exceptions import DeadKernelError
     from papermill.exceptions import PapermillExecutionError
     from traitlets.config import Config
 
@@ -85,16 +114,62 @@ def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str 
                            "does not set (helpers.reproduce.notebook_parameters)")
     parameters = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
+    config = Config(KERNEL_CONFIG)
+    config.NotebookClient.kernel_manager_class = kernel_manager_class()
+    if stream is not None and getattr(stream, "name", None):
+        stream.flush()
+        config.LoggedKernelManager.output_file = str(stream.name)
     start = time.perf_counter()
     try:
         pm.execute_notebook(str(source), str(output), parameters=parameters, kernel_name=kernel_name,
                             progress_bar=False, cwd=str(source.parent), stdout_file=stream, stderr_file=stream,
-                            config=Config(KERNEL_CONFIG))
+                            config=config)
     except PapermillExecutionError as exc:
+        if exc.ename == "KeyboardInterrupt":  # the kernel was interrupted with us: Ctrl-C, not a failure
+            raise KeyboardInterrupt from None
+        if exc.ename == "OSError" and exc.evalue and exc.evalue.startswith(f"[Errno {errno.ENOSPC}]"):
+            raise no_space(output.parent.parent, f"{source.name}: {exc.evalue.splitlines()[0]}") from None
         raise NotebookFailed(f"{source.name} failed in cell {exc.cell_index} (In [{exc.exec_count}]): "
                              f"{exc.ename}: {exc.evalue.splitlines()[0] if exc.evalue else ''} - the partial "
                              f"executed notebook is {output}") from None
+    except OSError as exc:  # papermill writing the executed notebook, or the output log
+        raise written_failed(exc, output.parent.parent, source.name) from None
+    except DeadKernelError:
+        raise NotebookFailed(f"{source.name}: its kernel died (killed, or out of memory?) - the partial executed "
+                             f"notebook is {output}; rerun the same command to resume") from None
     return time.perf_counter() - start
+
+
+class RunLog(logging.Handler):
+    """Where the log records of the libraries a run drives (papermill, nbclient, jupyter_client, asyncio)
+    go: the run's output log, never the console, whose lines are the project's own. A record that
+    cannot be written (a full disk) is dropped, not printed."""
+
+    def __init__(self, path: Path):
+        super().__init__(logging.WARNING)
+        self.path = Path(path)
+        self.setFormatter(logging.Formatter("[%(name)s] %(levelname)s | %(message)s"))
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            text = self.format(record)
+            with open(self.path, "a", encoding="utf-8") as log:
+                log.write(text + "\n")
+        except Exception:  # noqa: BLE001 - a log line is not worth a traceback on the console
+            pass
+
+
+def no_space(run: Path, what: str) -> NoSpace:
+    return NoSpace(f"{run}: no space left on the device ({what}): free some space, then rerun the same command "
+                   "to resume")
+
+
+def written_failed(exc: OSError, run: Path, during: str = "") -> ProjectError:
+    """The one-line error for a file of the run in ``run`` that could not be written (a full disk says so)."""
+    what = f"{during}: {exc}" if during else str(exc)
+    if exc.errno == errno.ENOSPC:
+        return no_space(run, what)
+    return ProjectError(f"{run}: cannot write a file of the run ({what})")
 
 
 def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
@@ -177,8 +252,14 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     log(decision)
     found = check_data(cfg, root, log)
     find_external(cfg, log)  # every external set paired and decoded: a bad folder fails here, before training
-    if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly
-        log(f"encoder weights: {load_encoder_features(cfg.encoder_weights)[1]}")
+    if cfg.encoder_weights is not None:  # "imagenet" or a path fails here, at once; "auto" warns loudly, once
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", WeightsWarning)
+            used = load_encoder_features(cfg.encoder_weights)[1]
+        for w in caught:
+            log(f"warning: {w.message}") if issubclass(w.category, WeightsWarning) else warnings.showwarning(
+                w.message, w.category, w.filename, w.lineno)
+        log(f"encoder weights: {used}")
     if overwrite:
         set_aside(run, log)  # its saved training must not be resumed
     elif run.exists():
@@ -291,11 +372,19 @@ def main(argv: list[str] | None = None) -> int:
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)
     start = time.perf_counter()
+    root_logger = logging.getLogger()
+    for handler in [h for h in root_logger.handlers if isinstance(h, RunLog)]:  # an earlier run's, in this process
+        root_logger.removeHandler(handler)
+    root_logger.addHandler(RunLog(output_log(cfg.run_path)))  # kept to the end: asyncio logs at exit too
+    logging.raiseExceptions = False
     try:
         with hold_run_folder(cfg.run_path):  # a second run on this folder stops here, naming the first
             results = reproduce(cfg, overwrite=args.overwrite, html=not args.no_html)
     except (ProjectError, ValueError) as exc:
         print("error: " + " ".join(str(exc).split()), file=sys.stderr)  # always one line
+        return 1
+    except OSError as exc:  # a file of the run that could not be written: a full disk, a read-only folder
+        print("error: " + " ".join(str(written_failed(exc, cfg.run_path)).split()), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print(f"interrupted: rerun the same command to resume {cfg.run_path} (finished trainings are reused, an "

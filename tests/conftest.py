@@ -2,6 +2,8 @@ import contextlib
 import json
 import os
 import secrets
+import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -16,9 +18,20 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from helpers.folders import SPLITS
+
+
+SLOW_FIXTURES = {"headless_run"}  # a test that reads the tiny main job's run is part of the slow suite
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark slow every test that uses the tiny main job (`make test-fast` leaves them out)."""
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 
 def write_pair(root, split, index, size=(40, 30), seed=None):
@@ -48,15 +61,19 @@ def png_claiming(width, height):
             + chunk(b"IDAT", zlib.compress(bytes(width + 1))) + chunk(b"IEND", b""))
 
 
-@pytest.fixture
-def tiny_isic(tmp_path):
-    """An ISIC 2016 layout with 6 train and 4 test images of varied sizes."""
-    root = tmp_path / "isic"
+def write_tiny_isic(root: Path) -> Path:
+    """An ISIC 2016 layout with 6 train and 4 test images of varied sizes in ``root``."""
     for i in range(6):
         write_pair(root, "train", i, size=(40 + 4 * i, 30 + 2 * i))
     for i in range(6, 10):
         write_pair(root, "test", i, size=(48, 36))
     return root
+
+
+@pytest.fixture
+def tiny_isic(tmp_path):
+    """An ISIC 2016 layout with 6 train and 4 test images of varied sizes."""
+    return write_tiny_isic(tmp_path / "isic")
 
 
 @pytest.fixture
@@ -66,6 +83,44 @@ def train_only(tmp_path):
     for i in range(10):
         write_pair(root, "train", i, size=(40, 30))
     return root
+
+
+TINY_SIZE = 32  # the working size of the shared tiny checkpoint
+
+
+@pytest.fixture(scope="session")
+def trained_tiny(tmp_path_factory):
+    """Trained once per test run: tiny_isic's layout, a 1-epoch checkpoint ("fit") and a copy whose head
+    bias puts the median test logit at 0, so its masks mix lesion and background ("mixed";
+    image_size recorded in its settings)."""
+    from helpers.cache import load_dataset
+    from helpers.evaluate import predict_logits
+    from helpers.model import build_model
+    from helpers.train import fit, load_checkpoint, save_run
+
+    base = tmp_path_factory.mktemp("trained")
+    root = write_tiny_isic(base / "isic")
+    train = load_dataset(root, "train", TINY_SIZE, progress=False)
+    test = load_dataset(root, "test", TINY_SIZE, progress=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        fit(build_model(False, encoder_weights=None), train, test, epochs=1, batch_size=4, seed=0, device="cpu",
+            out_dir=base / "fit", progress=False, log=None)
+        model, ckpt = load_checkpoint(base / "fit" / "checkpoint.pt")
+        model.head.bias.data -= predict_logits(model, test.images).median()
+    finally:
+        torch.set_num_threads(threads)
+    save_run(base / "mixed", model, {**ckpt["settings"], "image_size": TINY_SIZE}, ckpt["history"])
+    return base
+
+
+@pytest.fixture
+def runs(trained_tiny, tmp_path):
+    """A copy of :func:`trained_tiny` for one test to change as it likes: {"root", "fit", "mixed"}."""
+    shutil.copytree(trained_tiny, tmp_path / "trained")
+    base = tmp_path / "trained"
+    return {"root": base / "isic", "fit": base / "fit" / "checkpoint.pt", "mixed": base / "mixed" / "checkpoint.pt"}
 
 
 def main_args(tmp_path, *extra):
@@ -99,20 +154,63 @@ def external_folders(root: Path, n: int = 5, seed: int = 7) -> dict:
     return {"ph2": ph2, "clinic": clinic}
 
 
+RUNS_DISK_MB = 24  # the run folder's disk at first: room for notebook 01's output, not for Model 1's last.pt
+
+
+def mount_small_disk(folder: Path, mb: int) -> bool:
+    """Mount a tmpfs of ``mb`` MB on ``folder``; False where that cannot be done (it needs root: CI runs as root)."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        return False
+    return subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={mb}m", "tmpfs", str(folder)],
+                          capture_output=True).returncode == 0
+
+
+def interrupt_when(command: list[str], marker: Path, env: dict) -> subprocess.CompletedProcess:
+    """Run ``command``; once ``marker`` exists, send SIGINT to its process group, as Ctrl-C in a terminal does."""
+    proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 600
+        while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGINT)
+        out, err = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 @pytest.fixture(scope="session")
 def headless_run(tmp_path_factory):
-    """One tiny `python -m helpers.reproduce` (2 seeds, TTA, two external test sets: PH2-like, named "PH2",
-    and the images/ + masks/ folder "clinic") as a user runs it, in its own process: its folder ``root``,
-    run folder ``run``, the external folders and what it printed (``out``, ``err``), for the tests that read it."""
+    """One tiny `python -m helpers.reproduce` (2 epochs, 2 seeds, TTA, two external test sets: PH2-like,
+    named "PH2", and the images/ + masks/ folder "clinic"), run as a person may meet it: first with the
+    run folder on a disk too small for it (``full_disk``: where a tmpfs can be mounted, else None), then
+    the same command again after the disk has grown, stopped by Ctrl-C while Model 1 trains
+    (``interrupted``), then again, to the end (``out``, ``err``). Its folder ``root``, run folder ``run``
+    and the external folders are kept for the tests that read them."""
     root = tmp_path_factory.mktemp("headless")
     external = external_folders(root / "external")
     args = main_args(root, "--name", "t", "--seeds", "2", "--tta", "--external",
                      f"PH2={external['ph2']},{external['clinic']}")
-    proc = subprocess.run([sys.executable, "-m", "helpers.reproduce", *args], capture_output=True, text=True,
-                          timeout=900, env={k: v for k, v in os.environ.items() if k != "MPLBACKEND"})
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args,
-                           external=external)
+    args[args.index("--epochs") + 1] = "2"
+    (root / "runs").mkdir()
+    command = [sys.executable, "-m", "helpers.reproduce", *args]
+    env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
+    mounted = mount_small_disk(root / "runs", RUNS_DISK_MB)
+    try:
+        full_disk = None
+        if mounted:
+            full_disk = subprocess.run(command, capture_output=True, text=True, timeout=600, env=env)
+            subprocess.run(["mount", "-o", "remount,size=1000m", str(root / "runs")], check=True)
+        interrupted = interrupt_when(command, root / "runs" / "t" / "model1_frozen" / "seed0" / "last.pt", env)
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=900, env=env)
+        assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        yield SimpleNamespace(root=root, run=root / "runs" / "t", out=proc.stdout, err=proc.stderr, args=args,
+                              external=external, full_disk=full_disk, interrupted=interrupted)
+    finally:
+        if mounted:
+            subprocess.run(["umount", "-l", str(root / "runs")])
 
 
 def lab_api(base, token, path, method="GET"):

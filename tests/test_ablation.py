@@ -42,6 +42,7 @@ def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trai
     assert main["select"] == "last"  # what the ablation keeps too
 
 
+@pytest.mark.slow
 def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys):
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),

@@ -41,6 +41,43 @@ def test_dataset_items_are_float_tensors_of_image_size(tiny_isic):
     assert len(ds) == 6
 
 
+def _corner_lesion(root, ident, size=(60, 40)):
+    """An image of ``size`` (w, h) with a dark lesion in its top-right quarter only, and its mask."""
+    w, h = size
+    img_dir, mask_dir = (root / name for name in SPLITS["train"])
+    img_dir.mkdir(parents=True, exist_ok=True)
+    mask_dir.mkdir(parents=True, exist_ok=True)
+    mask = np.zeros((h, w), np.uint8)
+    mask[2:h // 2 - 4, w // 2 + 6:w - 3] = 255
+    img = np.full((h, w, 3), (230, 180, 160), np.uint8)
+    img[mask > 0] = (40, 20, 10)
+    img[h - 6:, :5] = (120, 200, 90)  # a green mark bottom-left: which way up the image is
+    Image.fromarray(img).save(img_dir / f"{ident}.png")
+    Image.fromarray(mask).save(mask_dir / f"{ident}_Segmentation.png")
+    return img, mask
+
+
+@pytest.mark.parametrize("size", [(60, 40), (40, 60)])
+def test_masks_stay_on_their_images_lesion_in_every_dataset(tmp_path, size):
+    """Each mask covers its own image's lesion, the right way up, in the cached tensors (one item and a
+    batch) and in the per-file dataset: a mask transposed, flipped or paired with another image fails."""
+    root = tmp_path / "aligned"
+    _corner_lesion(root, "ISIC_0000001", size)
+    write_pair(root, "train", 2, size=size)
+    ds = cache.load_dataset(root, "train", image_size=32, progress=False)
+    lazy = cache.FileSegmentation(root, "train", image_size=32)
+    batch = ds[[0, 1]]
+    for item in (ds[0], lazy[0], {"image": batch["image"][0], "mask": batch["mask"][0]}):
+        dark = item["image"].mean(0) < 0.4
+        lesion = item["mask"][0] > 0.5
+        assert lesion[:16, 16:].sum() > 20 and not lesion[16:].any() and not lesion[:, :16].any()
+        assert (dark & lesion).sum() / (dark | lesion).sum() > 0.9
+        assert item["image"][1, -1, 0] > item["image"][0, -1, 0]  # the green mark stays bottom-left
+    for i in range(2):  # the second pair, a round lesion of its own, too
+        dark, lesion = ds[i]["image"].mean(0) < 0.4, ds[i]["mask"][0] > 0.5
+        assert (dark & lesion).sum() / (dark | lesion).sum() > 0.8
+
+
 def test_file_dataset_equals_cached_dataset(tiny_isic, tmp_path):
     lazy = cache.FileSegmentation(tiny_isic, "test", image_size=24)
     cached = cache.load_dataset(tiny_isic, "test", image_size=24, cache_dir=tmp_path / "cache", progress=False)

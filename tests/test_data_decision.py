@@ -122,24 +122,32 @@ def test_synthetic_never_touches_the_network(server, isolated):
     assert source == "synthetic" and "DATA=synthetic" in decision and server.log == []
 
 
-def test_main_job_downloads_and_runs_on_the_downloaded_data(server, isolated, capsys):
-    """The whole headless job on the tiny setting, with ISIC 2016 fetched from the local server."""
+def test_main_job_downloads_and_hands_the_downloaded_data_to_every_notebook(server, isolated, capsys, monkeypatch):
+    """The headless job with DATA=auto, ISIC 2016 fetched from the local server: every notebook is given the
+    downloaded folder, where the data the notebooks read holds every downloaded image. (The notebooks
+    themselves run in the tiny pipeline tests: here only the data handling is under test, so nothing trains.)"""
     publish_tiny_isic(server, isolated)
-    rc = reproduce.main(["--data", "auto", "--isic-url", server.url, "--image-size", "32", "--epochs", "1",
-                         "--batch-size", "4", "--device", "cpu", "--encoder-weights", "none", "--no-html",
-                         "--runs-dir", str(isolated / "runs"), "--figures-dir", str(isolated / "figures"),
-                         "--cache-dir", str(isolated / "cache"), "--name", "dl"])
+    given = []
+
+    def notebook(source, output, parameters, stream=None):
+        given.append((source.name, parameters))
+        return 0.0
+
+    monkeypatch.setattr(reproduce, "run_notebook", notebook)
+    monkeypatch.setattr(reproduce, "collect_results", lambda cfg, timings, decision: {"decision": decision})
+    run = isolated / "runs" / "dl"
+    cfg = RunConfig(data="auto", isic_url=server.url, image_size=32, epochs=1, batch_size=4, device="cpu",
+                    encoder_weights=None, run_dir=str(run), figures_dir=str(isolated / "figures"),
+                    cache_dir=str(isolated / "cache"), progress=False)
+    results = reproduce.reproduce(cfg, html=False)
     out = capsys.readouterr().out
-    assert rc == 0, out
-    assert "downloading the 4 archives" in out
-    results = json.loads((isolated / "runs" / "dl" / "results.json").read_text())
-    assert results["data_source"].startswith("ISIC 2016 Part 1")
-    assert "downloaded from" in results["data_decision"] and results["scored_split"] == "test"
-    assert results["settings"]["DATA"] == "isic2016" and results["settings"]["DATA_DIR"] == str(paths.ISIC2016)
-    for model in reproduce.MODELS:
-        assert results["models"][model]["seeds"] == [0]
-        per_image = (isolated / "runs" / "dl" / model / "seed0" / "original" / "per_image.csv").read_text()
-        assert per_image.count("\n") == TINY["test"] + 1  # the downloaded test images, scored at their own size
+    assert "downloading the 4 archives" in out and "downloaded from" in results["decision"]
+    assert [name for name, _ in given] == list(reproduce.NOTEBOOKS)
+    for _, parameters in given:
+        assert parameters["DATA"] == "isic2016" and parameters["DATA_DIR"] == str(paths.ISIC2016)
+    d = experiment.prepare_data(dataclasses.replace(cfg, data="isic2016", data_dir=str(paths.ISIC2016)), log=print)
+    assert (len(d.train), len(d.test), d.scored_name) == (TINY["train"], TINY["test"], "test")
+    assert d.label.startswith("ISIC 2016 Part 1") and json.loads((run / "results.json").read_text())
 
 
 def test_a_partial_download_in_data_isic2016_is_completed_not_used_as_a_training_only_folder(server, isolated):

@@ -33,21 +33,6 @@ def one_thread():
     torch.set_num_threads(before)
 
 
-@pytest.fixture
-def runs(tiny_isic, tmp_path):
-    """tiny_isic, a 1-epoch checkpoint ("fit") and a copy whose head bias puts the median test logit
-    at 0, so its masks mix lesion and background ("mixed"; image_size recorded in its settings)."""
-    train = load_dataset(tiny_isic, "train", IMAGE_SIZE, progress=False)
-    test = load_dataset(tiny_isic, "test", IMAGE_SIZE, progress=False)
-    fit(build_model(False, encoder_weights=None), train, test, epochs=1, batch_size=4, seed=0, device="cpu",
-        out_dir=tmp_path / "fit", progress=False, log=None)
-    model, ckpt = load_checkpoint(tmp_path / "fit" / "checkpoint.pt")
-    model.head.bias.data -= predict_logits(model, test.images).median()
-    save_run(tmp_path / "mixed", model, {**ckpt["settings"], "image_size": IMAGE_SIZE}, ckpt["history"])
-    return {"root": tiny_isic, "fit": tmp_path / "fit" / "checkpoint.pt",
-            "mixed": tmp_path / "mixed" / "checkpoint.pt"}
-
-
 def truth_dir(root):
     return root / SPLITS["test"][1]
 

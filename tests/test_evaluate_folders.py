@@ -9,7 +9,7 @@ from PIL import Image
 from helpers.folders import SPLITS, DataWarning, read_mask
 from helpers.evaluate import evaluate_checkpoint, evaluate_folders, main
 from helpers.pairing import pair_folders
-from test_evaluate import METRICS, one_thread, read_csv, runs  # noqa: F401 (fixtures shared with test_evaluate)
+from test_evaluate import METRICS, one_thread, read_csv  # noqa: F401 (a fixture shared with test_evaluate)
 
 from isic_challenge_scoring.segmentation import SegmentationScore
 

@@ -16,7 +16,7 @@ from helpers.evaluate import main as evaluate_main
 from helpers.external import check_readable, external_sets, find_set, parse_spec
 from helpers.folders import SPLITS
 from helpers.overlays import OVERLAY_SUFFIX, outline
-from test_evaluate import one_thread, runs  # noqa: F401 (fixtures shared with test_evaluate)
+from test_evaluate import one_thread  # noqa: F401 (a fixture shared with test_evaluate)
 
 
 @pytest.fixture

@@ -43,14 +43,19 @@ def _odd_folder(root):
     return {"small_images": ["ISIC_0000001"], "no_lesion": ["ISIC_0000005"], "no_background": ["ISIC_0000001"]}
 
 
-def test_odd_files_train_in_the_main_job_with_notes_and_named_warnings(tmp_path, capsys):
+@pytest.mark.slow
+def test_odd_files_of_a_training_split_alone_train_in_the_main_job_with_notes_and_named_warnings(tmp_path, capsys):
+    """A clinic's own images, odd files among them: converted with one note each, named in warnings; a seeded
+    20% validation split is held out, written to split.json and scored; Model 3's recipe options
+    (augmentation, BCE + Dice, cosine, best validation epoch) run end to end."""
     root = tmp_path / "clinic"
     expected = _odd_folder(root)
     assert data.main(["check", str(root), "--quiet", "--image-size", "32"]) == 0
     assert "no problems found (3 warning(s) above" in capsys.readouterr().out
     args = ["--data-dir", str(root), "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
             "--encoder-weights", "none", "--no-html", "--runs-dir", str(tmp_path / "runs"), "--name", "odd",
-            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache")]
+            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--m3-augment", "on",
+            "--m3-loss", "bce_dice", "--m3-schedule", "cosine", "--m3-select", "best", "--m3-epochs", "3"]
     assert reproduce.main(args) == 0, capsys.readouterr()
     out, run = capsys.readouterr().out, tmp_path / "runs" / "odd"
     for note in ("ISIC_0000002.jpg: CMYK image converted to RGB", "ISIC_0000003.png: 16-bit I;16 image scaled",
@@ -66,6 +71,18 @@ def test_odd_files_train_in_the_main_job_with_notes_and_named_warnings(tmp_path,
     assert sorted(split["train_ids"] + split["validation_ids"]) == [f"ISIC_{i:07d}" for i in range(15)]  # all train
     history = json.loads((run / "model2_finetuned" / "seed0" / "history.json").read_text())
     assert history["settings"]["n_train"] == 12 and np.isfinite(history["history"][0]["train_loss"])
+    assert split["n_validation"] == 3 and split["fraction"] == 0.2 and not set(split["train_ids"]) & set(split["validation_ids"])
+    results = json.loads((run / "results.json").read_text())
+    assert results["scored_split"] == "validation" and "training split only" in results["data_decision"]
+    assert "20% validation split (split seed 0, 3 images)" in results["data_source"]
+    m3 = json.loads((run / "model3_unet" / "seed0" / "metrics.json").read_text())
+    assert m3["recipe"]["select"] == "best" and m3["selected_on_scored_split"] is True and m3["n_test"] == 3
+    history = json.loads((run / "model3_unet" / "seed0" / "history.json").read_text())
+    assert len(history["history"]) == 3 and "val_iou" in history["history"][0]
+    assert history["settings"]["n_train"] == 12 and history["settings"]["loss"] == "BCEWithLogitsLoss + soft Dice"
+    for model in reproduce.MODELS:
+        rows = (run / model / "seed0" / "original" / "per_image.csv").read_text().splitlines()[1:]
+        assert sorted(r.split(",")[0] for r in rows) == split["validation_ids"]  # scored on the held-out ids only
 
 
 FORMATS = {"PNG": ("RGB", "L", "P", "RGBA", "LA", "1", "I;16"), "JPEG": ("RGB", "L", "CMYK"),

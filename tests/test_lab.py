@@ -17,6 +17,7 @@ def lab(tmp_path):
         yield base, token, tmp_path / "jupyter" / "runtime"
 
 
+@pytest.mark.slow
 def test_jupyterlab_serves_the_notebooks_and_a_project_kernel(lab):
     base, token, runtime = lab
     status, contents = lab_api(base, token, "/api/contents")

@@ -51,7 +51,8 @@ def test_atomic_write_leaves_old_file_on_error(tmp_path):
 def test_outputs_are_written_only_through_temporary_names():
     """Every figure, CSV, JSON, mask, cache and checkpoint goes to a temporary name first (helpers.io):
     a crash mid-write leaves the old file or none, never half a file. The only plain writes are the
-    downloader's resumable .part file and its extraction into a temporary folder (renamed after)."""
+    downloader's resumable .part file and its extraction into a temporary folder (renamed after), and
+    appends to a log (the run's output log), which keep what the log held."""
     import re
     from pathlib import Path
 
@@ -65,7 +66,7 @@ def test_outputs_are_written_only_through_temporary_names():
         assert all(t == "tmp" for t in targets), f"{path.name} writes {targets} directly"
         assert not re.search(r"\.write_(text|bytes)\(", source), f"{path.name}: use helpers.io"
         opened = re.findall(r"\bopen\(([^)]*)\)", source)
-        writes = [o for o in opened if re.search(r"[\"'][wax]b?[\"']|\"ab\" if", o)]
+        writes = [o for o in opened if re.search(r"[\"'][wx]b?[\"']|\"ab\" if", o)]
         assert not writes or path.name == "download.py", f"{path.name} opens {writes} for writing"
 
 
