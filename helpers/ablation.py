@@ -41,7 +41,7 @@ from .errors import ProjectError
 from .evaluate import evaluate_checkpoint
 from .experiment import subset
 from .folders import SPLITS, list_split
-from .io import atomic_path, write_json, write_text
+from .io import atomic_path, read_csv, write_json, write_text
 from .model import build_model, weights_argument
 from .splits import holdout, split_record, write_split
 from .train import fit
@@ -121,8 +121,9 @@ def run_variant(name: str, recipe: dict, full: TensorSegmentation, root: Path, s
     for decay, state in zip(ckpt["ema"]["decays"], ckpt["ema"]["averages"]):
         path = folder / f"ema{decay}" / "checkpoint.pt"  # the average as a checkpoint of its own
         path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp:
-            torch.save({**{k: v for k, v in ckpt.items() if k != "ema"}, "model": state}, tmp)
+        if not _newer(path, [folder / "checkpoint.pt"]):  # written once per training (a rerun reuses its scores)
+            with atomic_path(path) as tmp:
+                torch.save({**{k: v for k, v in ckpt.items() if k != "ema"}, "model": state}, tmp)
         averages[str(decay)] = score(path, path.parent)
     best = max(history, key=lambda row: row["val_iou"])
     return {"variant": name, "seed": seed, "recipe": r, "weights": model.config["encoder_weights_used"],
@@ -160,11 +161,34 @@ def _score(checkpoint, folder: Path, *, root: Path, ids: list[str], batch_size: 
     without TTA, with flip TTA and with dihedral TTA, written to ``folder/original``, ``folder/original_tta``
     and ``folder/original_dihedral``."""
     out = {}
+    checkpoints = checkpoint if isinstance(checkpoint, list) else [checkpoint]
     for key, tta in (("", False), ("_tta", "flips"), ("_dihedral", "dihedral")):
-        s = evaluate_checkpoint(checkpoint, root, "train", folder / f"original{key}", batch_size=batch_size,
-                                device=device, tta=tta, progress=False, ids=ids)
+        s = _scored(folder / f"original{key}", checkpoints, ids) or evaluate_checkpoint(
+            checkpoint, root, "train", folder / f"original{key}", batch_size=batch_size, device=device, tta=tta,
+            progress=False, ids=ids)
         out |= {f"val_jaccard{key}": s["macro"]["jaccard"], f"val_dice{key}": s["macro"]["dice"]}
     return out
+
+
+def _newer(path: Path, than: list[Path]) -> bool:
+    """Whether ``path`` exists and was written after every file of ``than``."""
+    return path.is_file() and all(path.stat().st_mtime >= Path(c).stat().st_mtime for c in than)
+
+
+def _scored(folder: Path, checkpoints: list[Path], ids: list[str]) -> dict | None:
+    """The summary a finished scoring of these checkpoints on these ids left in ``folder`` (a rerun of the
+    ablation reuses it), or None when there is none, it is older than a checkpoint, or it scored other ids
+    or other checkpoints (an ensemble of other seeds)."""
+    summary, rows = folder / "summary.json", folder / "per_image.csv"
+    if not (_newer(summary, checkpoints) and rows.is_file()):
+        return None
+    if sorted(r["id"] for r in read_csv(rows)) != sorted(ids):
+        return None
+    found = json.loads(summary.read_text())
+    scored = found.get("checkpoint")
+    if sorted(scored if isinstance(scored, list) else [scored]) != sorted(str(c) for c in checkpoints):
+        return None  # an ensemble of other seeds
+    return found
 
 
 def ensemble(name: str, mine: list[dict], out: Path, **score) -> dict:

@@ -1,4 +1,4 @@
-"""The headless run: execute the four notebooks in order with papermill, then report.
+"""The headless run: execute the five notebooks in order with papermill, then report.
 
     python -m helpers.reproduce [--data auto|isic2016|synthetic] [--epochs 25] [--name default] ...
 

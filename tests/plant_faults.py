@@ -65,12 +65,19 @@ def plant(tree: Path, name: str) -> None:
     (tree / path).write_text(text.replace(old, new))
 
 
+def _ignored(folder: str, names: list[str]) -> set[str]:
+    """What the copy leaves out: the environment, runs, caches and data (but each folder's README)."""
+    skip = {".venv", "runs", "lab", "__pycache__", ".pytest_cache", ".hypothesis"} & set(names)
+    if Path(folder).name in ("data", "figures") and Path(folder).parent == ROOT:
+        skip |= {n for n in names if n != "README.md"}
+    return skip
+
+
 def run(name: str, pytest_args: list[str]) -> tuple[list[str], float]:
     """The failing tests of the fast suite with fault ``name`` planted in a copy of the tree, and the seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         tree = Path(tmp) / "tree"
-        shutil.copytree(ROOT, tree, ignore=shutil.ignore_patterns(".venv", ".git", "runs", "data", "lab", "figures",
-                                                                  "__pycache__", ".pytest_cache", ".hypothesis"))
+        shutil.copytree(ROOT, tree, ignore=_ignored)
         plant(tree, name)
         env = {**os.environ, "PYTHONPATH": str(tree)}
         start = time.perf_counter()

@@ -43,7 +43,7 @@ def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trai
 
 
 @pytest.mark.slow
-def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys):
+def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys, monkeypatch):
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
@@ -83,7 +83,8 @@ def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only,
     assert ens["train_seconds"]["mean"] == pytest.approx(sum(r["train_seconds"] for r in report["runs"][2:]))
     assert (out / "recipe" / "ensemble" / "original_tta" / "per_image.csv").is_file()
     assert "| recipe ensemble |" in printed and "0+1 (one ensemble)" in printed and "| recipe +ema0.99 |" in printed
-    # a rerun reuses the finished trainings and gives the same table
+    # a rerun reuses the finished trainings and their scores and gives the same table
+    monkeypatch.setattr(ablation, "evaluate_checkpoint", lambda *a, **k: pytest.fail("a finished scoring was redone"))
     assert ablation.main(args) == 0
     assert json.loads((out / "ablation-plain-recipe-seeds0+1.json").read_text())["rows"] == report["rows"]
     # one seed of the same variants: a table of its own, the two-seed one kept
@@ -99,6 +100,7 @@ def test_a_folder_without_a_training_split_is_one_error_line(tmp_path, capsys):
     assert err.startswith("error: ") and "no ISIC 2016 training split" in err and err.count("\n") == 1
 
 
+@pytest.mark.slow
 def test_a_weights_file_named_relatively_reuses_the_trainings_made_with_its_absolute_path(train_only, tmp_path,
                                                                                            monkeypatch):
     import torch
@@ -115,3 +117,24 @@ def test_a_weights_file_named_relatively_reuses_the_trainings_made_with_its_abso
     assert ablation.main(["--encoder-weights", "encoder.pth", *args]) == 0  # no "other settings" error
     again = json.loads((tmp_path / "abl" / "ablation-plain-seeds0.json").read_text())["runs"][0]
     assert again["train_seconds"] == first["train_seconds"] and again["weights"] == "file:encoder.pth"
+
+
+def test_a_scoring_is_reused_only_for_the_same_ids_and_a_checkpoint_older_than_it(tmp_path):
+    import os
+
+    from helpers.io import write_csv, write_json
+
+    ckpt, folder = tmp_path / "checkpoint.pt", tmp_path / "original"
+    ckpt.write_bytes(b"weights")
+    write_csv(folder / "per_image.csv", [{"id": "ISIC_0000001", "jaccard": 0.5}, {"id": "ISIC_0000002", "jaccard": 0.7}])
+    write_json(folder / "summary.json", {"macro": {"jaccard": 0.6, "dice": 0.7}, "checkpoint": str(ckpt)})
+    os.utime(ckpt, (1, 1))
+    assert ablation._scored(folder, [ckpt], ["ISIC_0000002", "ISIC_0000001"])["macro"]["jaccard"] == 0.6
+    assert ablation._scored(folder, [ckpt], ["ISIC_0000001"]) is None  # other ids
+    other = tmp_path / "seed1.pt"
+    other.write_bytes(b"weights")
+    os.utime(other, (1, 1))
+    assert ablation._scored(folder, [ckpt, other], ["ISIC_0000001", "ISIC_0000002"]) is None  # another ensemble
+    os.utime(ckpt, None)
+    os.utime(folder / "summary.json", (1, 1))
+    assert ablation._scored(folder, [ckpt], ["ISIC_0000001", "ISIC_0000002"]) is None  # retrained since

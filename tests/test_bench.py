@@ -6,6 +6,7 @@ import pytest
 from helpers import bench
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("augment", [[], ["--augment"]])
 def test_bench_runs_end_to_end_and_writes_every_figure(tmp_path, capsys, augment):
     out = tmp_path / "out" / "bench.json"

@@ -43,15 +43,27 @@ def _odd_folder(root):
     return {"small_images": ["ISIC_0000001"], "no_lesion": ["ISIC_0000005"], "no_background": ["ISIC_0000001"]}
 
 
-@pytest.mark.slow
-def test_odd_files_of_a_training_split_alone_train_in_the_main_job_with_notes_and_named_warnings(tmp_path, capsys):
-    """A clinic's own images, odd files among them: converted with one note each, named in warnings; a seeded
-    20% validation split is held out, written to split.json and scored; Model 3's recipe options
-    (augmentation, BCE + Dice, cosine, best validation epoch) run end to end."""
+def test_odd_files_of_a_training_split_alone_go_through_the_main_job_with_notes_and_named_warnings(
+        tmp_path, capsys, monkeypatch):
+    """A clinic's own images, odd files among them, through the main job's data handling: each converted with one
+    note, named in warnings, counted in results.json; every notebook is given the folder; a seeded 20% validation
+    split is held out, written to split.json and scored; Model 3's recipe options (augmentation, BCE + Dice,
+    cosine, best validation epoch) train on it. What the notebooks do with data is run in this process, as
+    notebook 04 runs it (the notebooks themselves run in the tiny pipeline tests), so nothing else trains."""
+    from helpers import experiment
+
     root = tmp_path / "clinic"
     expected = _odd_folder(root)
     assert data.main(["check", str(root), "--quiet", "--image-size", "32"]) == 0
     assert "no problems found (3 warning(s) above" in capsys.readouterr().out
+    given = []
+    monkeypatch.setattr(reproduce, "run_notebook", lambda source, output, parameters, stream=None:
+                        given.append((source.name, parameters)) or 0.0)
+    blank = {"mean": 0.0}
+    monkeypatch.setattr(reproduce, "collect_results", lambda cfg, timings, decision: {
+        "data_source": "-", "encoder_weights_used": "random", "external": {}, "notebook_seconds": timings,
+        "decision": decision, "models": {m: {"macro": {"dice": blank}, "original": {"jaccard": blank}}
+                                         for m in reproduce.MODELS}})
     args = ["--data-dir", str(root), "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
             "--encoder-weights", "none", "--no-html", "--runs-dir", str(tmp_path / "runs"), "--name", "odd",
             "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--m3-augment", "on",
@@ -66,23 +78,33 @@ def test_odd_files_of_a_training_split_alone_train_in_the_main_job_with_notes_an
     assert f"reproduce: 3 data warning(s); the ids are in {run / 'data_warnings.json'}" in out
     found = json.loads((run / "data_warnings.json").read_text())
     assert found == {"working_size": 32, "train": expected}
-    assert json.loads((run / "results.json").read_text())["data_warnings"] == 3
+    results = json.loads((run / "results.json").read_text())
+    assert results["data_warnings"] == 3 and "training split only" in results["decision"]
+    assert [name for name, _ in given] == list(reproduce.NOTEBOOKS)
+    parameters = dict(given[3][1])
+    assert parameters["DATA_DIR"] == str(root) and parameters["M3_SELECT"] == "best" and parameters["M3_EPOCHS"] == 3
+
+    # notebook 04's data and training, with the parameters it was given
+    cfg = experiment.RunConfig(data=parameters["DATA"], data_dir=parameters["DATA_DIR"], image_size=32, epochs=1,
+                               batch_size=4, device="cpu", encoder_weights=None, run_dir=parameters["RUN_DIR"],
+                               cache_dir=parameters["CACHE_DIR"], figures_dir=str(tmp_path / "figures"),
+                               progress=False, m3_augment=True, m3_loss="bce_dice", m3_schedule="cosine",
+                               m3_select="best", m3_epochs=3)
+    d = experiment.prepare_data(cfg, log=lambda *a: None)
+    assert "20% validation split (split seed 0, 3 images)" in d.label and d.scored_name == "validation"
     split = json.loads((run / "split.json").read_text())
     assert sorted(split["train_ids"] + split["validation_ids"]) == [f"ISIC_{i:07d}" for i in range(15)]  # all train
-    history = json.loads((run / "model2_finetuned" / "seed0" / "history.json").read_text())
-    assert history["settings"]["n_train"] == 12 and np.isfinite(history["history"][0]["train_loss"])
     assert split["n_validation"] == 3 and split["fraction"] == 0.2 and not set(split["train_ids"]) & set(split["validation_ids"])
-    results = json.loads((run / "results.json").read_text())
-    assert results["scored_split"] == "validation" and "training split only" in results["data_decision"]
-    assert "20% validation split (split seed 0, 3 images)" in results["data_source"]
-    m3 = json.loads((run / "model3_unet" / "seed0" / "metrics.json").read_text())
-    assert m3["recipe"]["select"] == "best" and m3["selected_on_scored_split"] is True and m3["n_test"] == 3
+    (m3,) = experiment.train_seeds(cfg, d, experiment.new_model(cfg, freeze_encoder=False, decoder="unet"),
+                                   "model3_unet", experiment.model3_recipe(cfg))
+    assert m3["metrics"]["recipe"]["select"] == "best" and m3["metrics"]["selected_on_scored_split"] is True
+    assert m3["metrics"]["n_test"] == 3 and m3["metrics"]["scored_split"] == "validation"
     history = json.loads((run / "model3_unet" / "seed0" / "history.json").read_text())
     assert len(history["history"]) == 3 and "val_iou" in history["history"][0]
+    assert all(np.isfinite(row["train_loss"]) for row in history["history"])
     assert history["settings"]["n_train"] == 12 and history["settings"]["loss"] == "BCEWithLogitsLoss + soft Dice"
-    for model in reproduce.MODELS:
-        rows = (run / model / "seed0" / "original" / "per_image.csv").read_text().splitlines()[1:]
-        assert sorted(r.split(",")[0] for r in rows) == split["validation_ids"]  # scored on the held-out ids only
+    rows = (run / "model3_unet" / "seed0" / "original" / "per_image.csv").read_text().splitlines()[1:]
+    assert sorted(r.split(",")[0] for r in rows) == split["validation_ids"]  # scored on the held-out ids only
 
 
 FORMATS = {"PNG": ("RGB", "L", "P", "RGBA", "LA", "1", "I;16"), "JPEG": ("RGB", "L", "CMYK"),

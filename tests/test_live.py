@@ -52,6 +52,7 @@ def _text(messages, name):
     return "".join(m["text"] for m in messages if m["type"] == "stream" and m["name"] == name)
 
 
+@pytest.mark.slow
 def test_a_frontend_a_person_watches_gets_a_widget_bar_and_a_curve_redrawn_in_place(kernel):
     messages = _run(kernel, allow_stdin=True)
     out = _text(messages, "stdout")

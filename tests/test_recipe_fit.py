@@ -49,6 +49,7 @@ def test_the_best_validation_epoch_is_kept(splits, tmp_path):
     assert all(torch.equal(v, model.state_dict()[k].cpu()) for k, v in reloaded.state_dict().items())
 
 
+@pytest.mark.slow
 def test_an_interrupted_recipe_run_resumes_to_the_same_history_and_weights(splits, tmp_path):
     """The lr schedule, the augmentation generator and the best epoch so far are saved with last.pt."""
     reference, h_ref = _fit(*splits, tmp_path / "ref", epochs=3)
@@ -126,6 +127,7 @@ def test_the_weight_average_is_the_bias_corrected_ema_of_the_steps():
         recipe.WeightAverage(net, (1.0,))
 
 
+@pytest.mark.slow
 def test_an_interrupted_run_with_weight_averages_resumes_them_exactly(splits, tmp_path):
     """The moving averages are saved in last.pt each epoch; the finished checkpoint holds them beside the
     last epoch's weights."""
@@ -312,6 +314,7 @@ def test_deep_supervision_adds_the_mean_auxiliary_loss_of_the_decoders_earlier_b
         recipe.DeepSupervision(bce, model.decoder, -1.0)
 
 
+@pytest.mark.slow
 def test_deep_supervision_trains_heads_that_resume_exactly_and_stay_out_of_the_checkpoint(splits, tmp_path):
     ds = {"deep_supervision": 0.5}
     reference, h_ref = _fit(*splits, tmp_path / "ref", epochs=3, **ds)

@@ -67,6 +67,7 @@ def test_a_run_folder_held_by_a_killed_process_is_free_again(tmp_path):
     assert not (tmp_path / "new").exists()
 
 
+@pytest.mark.slow
 def test_a_second_reproduce_on_the_same_run_folder_refuses_at_once(tmp_path, capsys, monkeypatch):
     """Two `make reproduce` at once: the second names the folder and the first run's pid, within seconds;
     once the first is killed, the folder is free."""
@@ -110,6 +111,7 @@ load_cached(root, "train", 24, cache_dir=cache_dir, progress=False)
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("which", ["two data folders", "one data folder"])
 def test_two_processes_building_the_shared_cache_at_once_leave_it_correct(tmp_path, which):
     """Two runs on other data folders (or the same one) decode into data/cache at the same moment: each

@@ -286,6 +286,7 @@ def test_cli_bad_size_is_a_usage_error(tmp_path):
     assert exc.value.code == 2
 
 
+@pytest.mark.slow
 def test_module_entry_point(tmp_path):
     root = Path(__file__).resolve().parent.parent
     result = subprocess.run([sys.executable, "-m", "helpers.synthetic", str(tmp_path / "d"), "--n-train", "1",

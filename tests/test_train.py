@@ -205,6 +205,7 @@ def _strip(history):
     return [{k: v for k, v in row.items() if k != "seconds"} for row in history]
 
 
+@pytest.mark.slow
 def test_interrupted_fit_resumes_to_the_same_history_and_weights(splits, tmp_path):
     reference, h_ref = _fit(splits, tmp_path / "ref", epochs=3)  # dropout and shuffling both draw random numbers
     faulty = Faulty(splits[0], after_epoch=2, fault="interrupt")
