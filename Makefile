@@ -44,11 +44,13 @@ reproduce: $(STAMP)
 	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta $(filter dihedral flips,$(TTA))) $(if $(M3_ENSEMBLE),--m3-ensemble) \
 	  $(foreach v,$(OPTIONAL),$(call option,$(v))) $(REPRODUCE_ARGS)
 
+# Two pytest-xdist workers (one per core of a 2-core machine); the tests of the tiny main job share one.
+TEST_WORKERS ?= 2
 test: $(STAMP)
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow and not long"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow and not long"
 
 test-long: $(STAMP)
 	$(BIN)/python -m pytest -m long

@@ -15,11 +15,18 @@ from pathlib import Path
 from types import SimpleNamespace
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two workers on two cores: one thread each, for them and the processes they start
+    # (two torch processes with two threads each on two cores slow each other about tenfold).
+    os.environ["OMP_NUM_THREADS"] = "1"
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 
 from helpers.folders import SPLITS
 
@@ -27,11 +34,15 @@ from helpers.folders import SPLITS
 SLOW_FIXTURES = {"headless_run"}  # a test that reads the tiny main job's run is part of the slow suite
 
 
+@pytest.hookimpl(wrapper=True)  # a wrapper: before pytest-xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(config, items):
-    """Mark slow every test that uses the tiny main job (`make test-fast` leaves them out)."""
+    """Mark slow every test that uses the tiny main job (`make test-fast` leaves them out), and keep them
+    on one pytest-xdist worker, so that the job runs once per `make test`."""
     for item in items:
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+            item.add_marker(pytest.mark.xdist_group("headless_run"))
+    return (yield)
 
 
 def write_pair(root, split, index, size=(40, 30), seed=None):

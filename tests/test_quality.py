@@ -20,6 +20,8 @@ from helpers.evaluate import evaluate_checkpoint
 from helpers.model import build_model
 from helpers.synthetic import write_synthetic_dataset
 
+pytestmark = pytest.mark.xdist_group("quality")  # one worker trains the gate's model, once
+
 SIZE, EPOCHS, SEED = 64, 8, 0
 THRESHOLD = 0.70  # Jaccard (macro over the test images); reached: 0.881
 MARGIN = 0.20  # above the best image-blind baseline (0.463)
