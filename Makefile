@@ -19,11 +19,9 @@ ENCODER_WEIGHTS ?= auto
 NAME ?= default
 TTA ?=
 M3_ENSEMBLE ?=
-# Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, VAL_FRACTION, SPLIT_SEED,
-# ISIC_URL, MAX_PIXELS, EXTERNAL, M3_IMAGE_SIZE, M3_EPOCHS, M3_AUGMENT (on|off), M3_LOSS, M3_SCHEDULE, M3_SELECT,
-# M3_RECIPE (default|strong), M3_ENCODER_BN (train|frozen), M3_DEEP_SUPERVISION (a weight, 0: off),
-# M3_LR (Model 3's learning rate; LR sets Models 1 and 2's, and Model 3's unless M3_LR or strong does).
-OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_RECIPE M3_IMAGE_SIZE M3_EPOCHS M3_AUGMENT M3_LOSS M3_SCHEDULE M3_SELECT M3_ENCODER_BN M3_DEEP_SUPERVISION M3_LR
+# Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, EXTERNAL, M3_RECIPE (default|strong),
+# M3_EPOCHS, and the rarely changed VAL_FRACTION, SPLIT_SEED, ISIC_URL, MAX_PIXELS (docs/notebooks.md, "Settings").
+OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_RECIPE M3_EPOCHS
 option = $(if $($(1)),--$(subst _,-,$(shell echo $(1) | tr A-Z a-z)) $($(1)))
 REPRODUCE_ARGS ?=
 

@@ -33,6 +33,8 @@ HISTORY = "history.json"
 COMPARED = ("image_size", "epochs", "batch_size", "lr", "seed", "optimizer", "loss", "n_train", "n_test",
             "eval_split", "select", "augment", "schedule", "ema", "encoder_lr", "encoder_bn",
             "deep_supervision")
+# compared only when the saved run recorded them (runs saved before they existed resume as they were)
+COMPARED_WHEN_SAVED = ("optimizer_settings",)
 # what a run saved before a setting existed did: the report's recipe, scored on the test split
 SAVED_DEFAULTS = {"eval_split": "test", "select": "last", "augment": "off", "schedule": "constant", "ema": "off",
                   "encoder_lr": 1.0, "encoder_bn": "train",
@@ -92,6 +94,8 @@ def _check_same(path: Path, saved: dict, settings: dict, config: dict) -> None:
     """RunStateError naming ``path`` and every setting that differs from the saved run's."""
     old = {k: saved["settings"].get(k, SAVED_DEFAULTS.get(k)) for k in COMPARED}
     diffs = [f"{k} {old[k]!r} saved, {settings.get(k)!r} now" for k in COMPARED if old[k] != settings.get(k)]
+    diffs += [f"{k} {saved['settings'][k]!r} saved, {settings.get(k)!r} now" for k in COMPARED_WHEN_SAVED
+              if k in saved["settings"] and saved["settings"][k] != settings.get(k)]
     diffs += [f"model {k} {saved['config'].get(k)!r} saved, {v!r} now" for k, v in config.items()
               if saved["config"].get(k) != v]
     if diffs:

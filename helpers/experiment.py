@@ -8,7 +8,6 @@ and ``config.figures_dir`` (PNG), written atomically.
 from __future__ import annotations
 
 import json
-import math
 import platform
 import warnings
 from dataclasses import asdict, dataclass
@@ -21,111 +20,21 @@ import torch
 from . import metrics, paths
 from . import download
 from .cache import TensorSegmentation, load_cached, load_dataset
-from .download import BASE_URL
-from .errors import DataError, DownloadError, ProjectError
+from .errors import DataError, DownloadError
 from .folders import SOURCE_LABELS, SPLITS, DataWarning, data_warnings, warning_lines
-from .images import DEFAULT_MAX_PIXELS
 from .splits import holdout, split_record, write_split
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint, evaluate_samples, tta_label, tta_mode
 from .external import ExternalSet, check_readable, external_sets, parse_spec
 from .model import SegmentationModel, build_model, parameter_counts
 from .plots import live_loss_curve
-from .recipe import LOSSES, SCHEDULES
-from .train import ENCODER_BN, SELECTS, evaluate, fit, make_loader, resolve_device
+from .settings import M3_RECIPES, RunConfig, model3_recipe, recipe_table, under_root  # noqa: F401 (the notebooks' names)
+from .train import evaluate, fit, make_loader, resolve_device
 
-SOURCES = ("auto", "isic2016", "synthetic")
 LABELS = SOURCE_LABELS
 DEFAULT_VAL_FRACTION = 0.2  # held out when a folder has no test split
 PROBE_TIMEOUT = 5.0  # seconds the ISIC archive has to answer before DATA="auto" runs the synthetic set
-
-
-@dataclass(frozen=True)
-class RunConfig:
-    """Settings of one run; defaults are the report's."""
-
-    data: str = "auto"              # "auto" (ISIC 2016 if present, else synthetic), "isic2016", "synthetic"
-    data_dir: str | None = None     # folder of the data; None: data/isic2016 or data/synthetic
-    synthetic_train: int = 240      # size of the synthetic set when it has to be generated
-    synthetic_test: int = 100
-    image_size: int = 128
-    epochs: int = 25
-    batch_size: int = 16
-    lr: float = 1e-3
-    seed: int = 0
-    seeds: int = 1                  # number of seeds (seed, seed + 1, ...); the comparison reports their spread
-    device: str = "auto"
-    encoder_weights: str | None = "auto"  # "imagenet", None, a path, or "auto" (ImageNet else random, loudly)
-    run_dir: str = "runs/interactive"   # outputs (relative paths are under the project root)
-    figures_dir: str = "figures"
-    cache_dir: str | None = "data/cache"
-    tta: bool | str = False         # also score with test-time augmentation, reported separately: True or
-    #                                 "flips" (the image and its two flips), "dihedral" (its 8 rotations and flips)
-    progress: bool = True
-    val_fraction: float | None = None  # held out of the training ids; None: 0.2 without a test split, else 0
-    split_seed: int = 0             # seed of the held-out ids (the same for every training seed)
-    isic_url: str = BASE_URL        # where DATA="auto"/"isic2016" downloads ISIC 2016 from when absent
-    # Model 3's recipe (ours; Models 1 and 2 keep the report's). m3_recipe names a preset of M3_RECIPES,
-    # whose values the settings below that are None take (m3_image_size None: the run's image_size).
-    m3_recipe: str = "default"      # "default", or "strong": longer and with the encoder's BatchNorm frozen
-    m3_image_size: int | None = None
-    m3_epochs: int | None = None    # None: the run's epochs times the preset's factor (1 for "default")
-    # The defaults were chosen on a validation split of real ISIC 2016 training images (docs/models.md).
-    m3_augment: bool = True         # flips, 90-degree rotations, scale and crop, colour jitter
-    m3_loss: str = "bce_dice"       # "bce", "bce_dice" or "bce_lovasz"
-    m3_schedule: str = "cosine"     # "constant", "cosine" (with warm-up) or "onecycle"
-    m3_select: str = "last"         # "last" epoch, "best" validation Jaccard (needs a validation split), "ema" average
-    m3_encoder_bn: str | None = None  # the encoder's BatchNorm: "train" (batch statistics) or "frozen" (its
-    #                                   saved ones); None: the preset's
-    m3_deep_supervision: float | None = None  # weight of deep supervision's auxiliary losses (0: off); None: the preset's
-    m3_lr: float | None = None      # Model 3's peak learning rate; None: the preset's fraction of lr (1, or 0.5 for "strong")
-    m3_ensemble: bool = False       # also score Model 3's seeds as one ensemble (mean probability; needs seeds >= 2)
-    max_pixels: int = DEFAULT_MAX_PIXELS  # image files of more pixels are refused (a decompression-bomb guard)
-    external: str | None = None     # external test sets "DIR[,NAME=DIR...]" (helpers.external), scored after training
-
-    def __post_init__(self):
-        if self.data not in SOURCES:
-            raise ValueError(f"data must be one of {SOURCES}, got {self.data!r}")
-        for name in ("image_size", "epochs", "batch_size", "seeds", "m3_image_size", "m3_epochs", "max_pixels"):
-            if getattr(self, name) is not None and int(getattr(self, name)) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
-        if self.m3_ensemble and self.seeds < 2:
-            raise ValueError(f"m3_ensemble scores the seeds of Model 3 as one ensemble, so it needs seeds >= 2, "
-                             f"got seeds={self.seeds}")
-        if self.val_fraction is not None and not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1) or None, got {self.val_fraction!r}")
-        try:
-            tta_mode(self.tta)
-        except ProjectError as exc:  # a bad setting, as for the others
-            raise ValueError(str(exc)) from None
-        w = self.m3_deep_supervision
-        if w is not None and not (isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w)
-                                  and w >= 0):
-            raise ValueError(f"m3_deep_supervision is the weight of the auxiliary losses, 0 (off) or more, got {w!r}")
-        for name in ("lr", "m3_lr"):
-            v = getattr(self, name)
-            if (v is not None or name == "lr") and not (isinstance(v, (int, float)) and not isinstance(v, bool)
-                                                        and math.isfinite(v) and v > 0):
-                raise ValueError(f"{name} is a learning rate, a finite number above 0, got {v!r}")
-        if self.m3_recipe not in M3_RECIPES:
-            raise ValueError(f"m3_recipe must be one of {tuple(M3_RECIPES)}, got {self.m3_recipe!r}")
-        for name, allowed in (("m3_loss", tuple(LOSSES)), ("m3_schedule", SCHEDULES), ("m3_select", SELECTS),
-                              ("m3_encoder_bn", (*ENCODER_BN, None))):
-            if getattr(self, name) not in allowed:
-                raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-
-    @property
-    def run_path(self) -> Path:
-        return _under_root(self.run_dir)
-
-    def figure(self, name: str) -> Path:
-        """Where figure ``name`` (e.g. fig03_model1_loss.png) goes."""
-        return _under_root(self.figures_dir) / name
-
-
-def _under_root(path: str | Path) -> Path:
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else paths.ROOT / path
+_under_root = under_root
 
 
 @dataclass
@@ -288,7 +197,7 @@ def check_data(cfg: RunConfig, root: Path, log=print) -> dict:
     one line starting with "warning: ".
     """
     cache = _under_root(cfg.cache_dir) if cfg.cache_dir else None
-    sizes = sorted({cfg.image_size, cfg.m3_image_size or cfg.image_size})
+    sizes = sorted({cfg.image_size, model3_recipe(cfg)["image_size"]})
     found = {"working_size": sizes[-1]}
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", DataWarning)
@@ -356,29 +265,8 @@ def environment() -> dict:
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 
-# Model 3's named recipes (M3_RECIPE): what its M3_* settings left at None become. "strong" is the
-# best recipe measured on a validation split of real ISIC 2016 training images (docs/models.md): twice
-# the epochs (50 with the report's 25), the encoder's BatchNorm statistics frozen, deep supervision
-# at weight 0.5, half the learning rate (0.0005 with the report's 0.001); it trains for about twice
-# the time of "default" (the learning rate costs nothing).
-M3_RECIPES = {"default": {"epochs_factor": 1, "encoder_bn": "train", "deep_supervision": 0.0, "lr_factor": 1.0},
-              "strong": {"epochs_factor": 2, "encoder_bn": "frozen", "deep_supervision": 0.5, "lr_factor": 0.5}}
 REPORT_RECIPE = {"augment": False, "loss": "bce", "schedule": "constant", "select": "last", "encoder_bn": "train",
                  "deep_supervision": 0.0}
-
-
-def model3_recipe(cfg: RunConfig) -> dict:
-    """Model 3's training recipe from the run's settings (working size, epochs and the ingredients):
-    each M3_* setting that is None takes the value of the named preset (cfg.m3_recipe, M3_RECIPES)."""
-    preset = M3_RECIPES[cfg.m3_recipe]
-    return {"preset": cfg.m3_recipe, "image_size": cfg.m3_image_size or cfg.image_size,
-            "epochs": cfg.m3_epochs or cfg.epochs * preset["epochs_factor"],
-            "augment": cfg.m3_augment, "loss": cfg.m3_loss, "schedule": cfg.m3_schedule, "select": cfg.m3_select,
-            "encoder_bn": cfg.m3_encoder_bn or preset["encoder_bn"],
-            "deep_supervision": preset["deep_supervision"] if cfg.m3_deep_supervision is None
-            else float(cfg.m3_deep_supervision),
-            "lr": float(cfg.m3_lr) if cfg.m3_lr is not None else cfg.lr * preset["lr_factor"],
-            "ensemble": cfg.m3_ensemble}
 
 
 def scorings(cfg: RunConfig) -> tuple:
@@ -388,8 +276,14 @@ def scorings(cfg: RunConfig) -> tuple:
 
 
 def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, seed: int | None = None,
-                       recipe: dict | None = None) -> dict:
+                       recipe: dict | None = None, *, loss_fn: torch.nn.Module | None = None,
+                       optimizer: torch.optim.Optimizer | None = None) -> dict:
     """Train ``model`` for one seed, score it and save everything.
+
+    loss_fn, optimizer: the training loss and the optimizer (the notebooks of Models 1 and 2 build the
+    report's, ``nn.BCEWithLogitsLoss()`` and ``torch.optim.NAdam(model.parameters(), lr=LR)``); None:
+    the recipe's (:func:`helpers.train.fit`). Their names and the optimizer's settings are saved in
+    history.json and metrics.json ("training"), and a rerun with another optimizer does not reuse this one's run.
 
     recipe: None for the report's (Models 1 and 2), or :func:`model3_recipe`'s dict. The report's
     protocol scores ``d.scored`` (the test split, else the validation split) after every epoch and
@@ -408,7 +302,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     out = cfg.run_path / name / f"seed{seed}"
     if recipe["select"] == "best" and d.val is None:
         raise DataError(f"{d.root}: choosing the best epoch needs a validation split, and this run has none: set "
-                        "VAL_FRACTION (e.g. 0.2) or choose the last epoch (M3_SELECT='last')")
+                        "VAL_FRACTION (e.g. 0.2) or keep the last epoch (the recipe's select='last')")
     per_epoch, per_epoch_name = (d.val, "validation") if recipe["select"] == "best" else (d.scored, d.scored_name)
     label = f"{MODEL_LABELS.get(name, name)}, seed {seed}"
     live = live_loss_curve(label, d.label, f"{label}: loss per epoch (live)",
@@ -417,7 +311,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
                   seed=seed, device=cfg.device, out_dir=out, progress=cfg.progress, eval_split=per_epoch_name,
                   select=recipe["select"], augment=recipe["augment"], loss=recipe["loss"], schedule=recipe["schedule"],
                   encoder_bn=recipe["encoder_bn"], deep_supervision=recipe["deep_supervision"], label=label,
-                  on_epoch=live)
+                  on_epoch=live, loss_fn=loss_fn, optimizer=optimizer)
     dev = resolve_device(cfg.device)
     ev = evaluate(model, make_loader(d.scored, cfg.batch_size, False, None, dev), dev, keep_probs=True)
     rows = metrics.per_image_rows(ev["ids"], d.scored.sizes, ev["counts"])
@@ -426,6 +320,7 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
     saved = json.loads((out / "history.json").read_text())
     summary = {"name": name, "seed": seed, "data_source": d.label, "data_dir": str(d.root), "model": model.config,
                "config": asdict(cfg), "recipe": recipe, "resolution": f"{size}x{size}",
+               "training": {k: saved["settings"].get(k) for k in TRAINING_KEYS},
                "scored_split": d.scored_name, "selected_epoch": saved.get("selected_epoch", len(history)),
                "selected_on_scored_split": recipe["select"] == "best" and d.scored_name == "validation",
                "macro": metrics.all_metrics(ev["counts"], "macro"),
@@ -442,6 +337,20 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
             "metrics": summary, "probs": ev["probs"]}
 
 
+TRAINING_KEYS = ("optimizer", "lr", "optimizer_settings", "loss", "epochs", "batch_size")  # metrics.json "training"
+
+
+def save_seed_summary(cfg: RunConfig, d: Data, name: str, runs: list[dict], recipe: dict | None = None) -> dict:
+    """Write ``run_dir/name/summary.json`` for the seeds in ``runs`` (:func:`train_and_evaluate`'s results): the mean
+    and spread of every metric and, with ``recipe["ensemble"]``, the seeds scored as one ensemble
+    (:func:`score_ensemble`). Returns it."""
+    summary = seed_summary([r["metrics"] for r in runs])
+    if (recipe or {}).get("ensemble"):
+        summary["ensemble"] = score_ensemble(cfg, d, name, [r["seed"] for r in runs])
+    write_json(cfg.run_path / name / "summary.json", summary)
+    return summary
+
+
 def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, recipe: dict | None = None) -> list[dict]:
     """:func:`train_and_evaluate` for seeds cfg.seed .. cfg.seed + cfg.seeds - 1.
 
@@ -455,10 +364,7 @@ def train_seeds(cfg: RunConfig, d: Data, model: SegmentationModel, name: str, re
         fresh = build_model(model.config["freeze_encoder"], encoder_weights=cfg.encoder_weights,
                             decoder=model.config["decoder"], progress=False)
         runs.append(train_and_evaluate(cfg, d, fresh, name, seed, recipe))
-    summary = seed_summary([r["metrics"] for r in runs])
-    if (recipe or {}).get("ensemble"):
-        summary["ensemble"] = score_ensemble(cfg, d, name, [r["seed"] for r in runs])
-    write_json(cfg.run_path / name / "summary.json", summary)
+    save_seed_summary(cfg, d, name, runs, recipe)
     return runs
 
 
@@ -552,7 +458,8 @@ def seed_summary(per_seed: list[dict]) -> dict:
     """Mean and sample standard deviation over seeds of every macro metric, per resolution."""
     out = {"seeds": [m["seed"] for m in per_seed], "name": per_seed[0]["name"],
            "data_source": per_seed[0]["data_source"], "model": per_seed[0]["model"],
-           "scored_split": per_seed[0].get("scored_split", "test"), "recipe": per_seed[0].get("recipe")}
+           "scored_split": per_seed[0].get("scored_split", "test"), "recipe": per_seed[0].get("recipe"),
+           "training": per_seed[0].get("training")}
     for key in ("macro", "original", "original_tta"):
         if key not in per_seed[0]:
             continue

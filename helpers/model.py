@@ -107,6 +107,13 @@ class UNetDecoder(nn.Module):
         return x
 
 
+class Resize(nn.Module):
+    """The final interpolation: logits B x 1 x h x w -> B x 1 x H x W (bilinear), the input's size."""
+
+    def forward(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+
+
 class SegmentationModel(nn.Module):
     """encoder -> decoder -> head; logits are interpolated back to the input size."""
 
@@ -114,6 +121,7 @@ class SegmentationModel(nn.Module):
         super().__init__()
         self.encoder, self.decoder = encoder, decoder
         self.head = nn.Conv2d(decoder.out_channels, 1, kernel_size=1)
+        self.resize = Resize()
         self.encoder_frozen = freeze_encoder
         self.encoder_bn_frozen = False  # fine-tuning with the encoder's BatchNorm statistics fixed (fit's encoder_bn)
         self.config = config
@@ -137,7 +145,7 @@ class SegmentationModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: B x 3 x H x W in [0, 1] -> logits B x 1 x H x W."""
         logits = self.head(self.decoder(self.encoder(x)))
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
+        return self.resize(logits, x.shape[-2:])
 
 
 def imagenet_cache_file() -> Path:
@@ -244,3 +252,37 @@ def parameter_counts(model: nn.Module) -> dict[str, int]:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     total = sum(p.numel() for p in model.parameters())
     return {"trainable": trainable, "frozen": total - trainable, "total": total}
+
+
+def layer_table(model: SegmentationModel, image_size: int = 128):
+    """The model's layers as a table (pandas DataFrame), traced by torchinfo on one zero image of
+    ``image_size`` x ``image_size``: the encoder's five stages (MobileNetV2 ``features[a:b]``), the
+    decoder's layers (the report decoder's ConvTranspose2d, ReLU and Dropout; the U-Net's up-blocks),
+    the head and the final resize, each with its output shape (channels x height x width), its
+    parameter count and whether they train. The model's train/eval modes and the random state are left
+    as they were."""
+    import pandas as pd
+    from torchinfo import summary
+
+    info = summary(model, input_data=torch.zeros(1, 3, image_size, image_size, device=next(model.parameters()).device),
+                   depth=3, verbose=0, mode="eval")
+    rows = []
+    for layer in info.summary_list:
+        path, parent = [layer.var_name], layer.parent_info
+        while parent is not None and parent.depth > 0:
+            path.insert(0, parent.var_name)
+            parent = parent.parent_info
+        top = path[0]
+        if not ((top in ("encoder", "decoder") and layer.depth == 3) or (top in ("head", "resize") and layer.depth == 1)):
+            continue
+        kind = layer.class_name
+        if top == "encoder":
+            a, b = STAGES[int(path[-1])]
+            kind = f"MobileNetV2 features[{a}:{b}]"
+        params = int(layer.num_params)
+        rows.append({"layer": ".".join(path), "type": kind,
+                     "output shape": " x ".join(str(n) for n in layer.output_size[1:]),
+                     "parameters": params,
+                     "trains": "-" if params == 0 else ("yes" if layer.trainable_params == params else
+                                                        "no" if layer.trainable_params == 0 else "partly")})
+    return pd.DataFrame(rows).set_index("layer")

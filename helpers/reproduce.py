@@ -24,6 +24,7 @@ import os
 import sys
 import time
 import warnings
+from dataclasses import fields
 from pathlib import Path
 
 from . import paths
@@ -35,8 +36,7 @@ from .external import parse_spec
 from .io import write_json, write_text
 from .model import WeightsWarning, load_encoder_features, weights_argument
 from .runlock import hold_run_folder
-from .recipe import LOSSES, SCHEDULES
-from .train import ENCODER_BN, SELECTS, resolve_device
+from .train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
              "04_model3_unet_decoder.ipynb", "05_comparison.ipynb")  # in numbered order; 05 reads 02, 03 and 04
@@ -56,19 +56,17 @@ class NoSpace(ProjectError):
     """The disk of the run folder is full; the message names the folder and says how to resume."""
 
 
+SETTINGS_FILE = "settings.json"  # in the run folder: the whole configuration, read by every notebook
+
+
 def notebook_parameters(cfg: RunConfig) -> dict:
-    """The papermill parameters (names of the notebooks' parameters cell) for ``cfg``."""
-    return {"DATA": cfg.data, "DATA_DIR": cfg.data_dir, "SYNTHETIC_TRAIN": cfg.synthetic_train,
-            "SYNTHETIC_TEST": cfg.synthetic_test, "IMAGE_SIZE": cfg.image_size, "EPOCHS": cfg.epochs,
-            "BATCH_SIZE": cfg.batch_size, "LR": cfg.lr, "SEED": cfg.seed, "SEEDS": cfg.seeds, "DEVICE": cfg.device,
-            "ENCODER_WEIGHTS": cfg.encoder_weights, "RUN_DIR": str(cfg.run_path),
-            "FIGURES_DIR": str(cfg.figure("x").parent), "CACHE_DIR": cfg.cache_dir, "TTA": cfg.tta,
-            "PROGRESS": cfg.progress, "VAL_FRACTION": cfg.val_fraction, "SPLIT_SEED": cfg.split_seed,
-            "ISIC_URL": cfg.isic_url, "M3_IMAGE_SIZE": cfg.m3_image_size, "M3_EPOCHS": cfg.m3_epochs,
-            "M3_AUGMENT": cfg.m3_augment, "M3_LOSS": cfg.m3_loss, "M3_SCHEDULE": cfg.m3_schedule,
-            "M3_SELECT": cfg.m3_select, "M3_RECIPE": cfg.m3_recipe, "M3_ENCODER_BN": cfg.m3_encoder_bn,
-            "M3_DEEP_SUPERVISION": cfg.m3_deep_supervision, "M3_LR": cfg.m3_lr, "M3_ENSEMBLE": cfg.m3_ensemble, "MAX_PIXELS": cfg.max_pixels,
-            "EXTERNAL": cfg.external}
+    """The papermill parameters for ``cfg``: SETTINGS, the run's settings.json (which :func:`reproduce`
+    writes before the first notebook), and every setting under its upper-case name (RUN_DIR and
+    FIGURES_DIR as absolute paths); each notebook receives those its parameters cell declares."""
+    params = {f.name.upper(): getattr(cfg, f.name) for f in fields(cfg)}
+    params.update(RUN_DIR=str(cfg.run_path), FIGURES_DIR=str(cfg.figure("x").parent),
+                  SETTINGS=str(cfg.run_path / SETTINGS_FILE))
+    return params
 
 
 # The kernel's channels are encrypted (CurveZMQ keys made by jupyter_client for each kernel whose
@@ -266,7 +264,9 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
         log(f"{run}: unfinished run found: finished trainings are reused, an interrupted one resumes after its "
             "last complete epoch (--overwrite starts afresh)")
     n_warnings = write_data_warnings(run, found, log)
-    cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root)})
+    cfg = RunConfig(**{**cfg.__dict__, "data": source, "data_dir": str(root), "run_dir": str(run),
+                       "figures_dir": str(cfg.figure("x").parent)})
+    cfg.write(run / SETTINGS_FILE)  # what every notebook reads (SETTINGS)
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
     (run / "notebooks").mkdir(parents=True, exist_ok=True)
@@ -306,28 +306,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--isic-url", default=d.isic_url, help="where to download ISIC 2016 from when it is absent")
     p.add_argument("--m3-recipe", choices=tuple(M3_RECIPES), default=d.m3_recipe,
                    help="Model 3's named recipe: default, or strong (twice the epochs, the encoder's BatchNorm "
-                        "statistics frozen, deep supervision, half the learning rate: the best measured, for about "
-                        "twice the training time); the --m3-* options below override it")
-    p.add_argument("--m3-image-size", type=int, default=None, help="Model 3's working size (default: --image-size)")
+                        "statistics frozen, deep supervision, half the learning rate: the best measured on a "
+                        "validation split of real ISIC 2016 training images, for about twice the training time); "
+                        "docs/models.md has their tables")
     p.add_argument("--m3-epochs", type=int, default=None,
                    help="Model 3's epochs (default: --epochs, twice that with --m3-recipe strong)")
-    p.add_argument("--m3-augment", choices=("on", "off"), default="on" if d.m3_augment else "off",
-                   help="augment Model 3's training batches")
-    p.add_argument("--m3-loss", choices=tuple(LOSSES), default=d.m3_loss)
-    p.add_argument("--m3-schedule", choices=SCHEDULES, default=d.m3_schedule)
-    p.add_argument("--m3-select", choices=SELECTS, default=d.m3_select,
-                   help="Model 3's weights: the last epoch's, the best validation Jaccard's, or the moving "
-                        "average of the weights (ema)")
-    p.add_argument("--m3-encoder-bn", choices=ENCODER_BN, default=d.m3_encoder_bn,
-                   help="the encoder's BatchNorm while Model 3 fine-tunes: batch statistics (train) or the "
-                        "statistics its weights came with (frozen); default: the recipe's (train for default, "
-                        "frozen for strong)")
-    p.add_argument("--m3-deep-supervision", type=float, default=d.m3_deep_supervision, metavar="WEIGHT",
-                   help="the weight of deep supervision's auxiliary losses while Model 3 trains (0: off); default: "
-                        "the recipe's (0 for default, 0.5 for strong)")
-    p.add_argument("--m3-lr", type=float, default=d.m3_lr, metavar="LR",
-                   help="Model 3's peak learning rate (Models 1 and 2 keep --lr); default: the recipe's fraction of "
-                        "--lr (all of it for default, half for strong)")
     p.add_argument("--external", default=None, metavar="DIR[,NAME=DIR...]",
                    help="external test sets, scored by every trained model at the original size (never trained on)")
     p.add_argument("--m3-ensemble", action="store_true",
@@ -364,10 +347,7 @@ def main(argv: list[str] | None = None) -> int:
                     synthetic_test=args.synthetic_test, image_size=args.image_size, epochs=args.epochs,
                     batch_size=args.batch_size, lr=args.lr, seed=args.seed, seeds=args.seeds, device=args.device,
                     tta=args.tta, val_fraction=args.val_fraction, split_seed=args.split_seed, isic_url=args.isic_url,
-                    m3_image_size=args.m3_image_size, m3_epochs=args.m3_epochs, m3_augment=args.m3_augment == "on",
-                    m3_loss=args.m3_loss, m3_schedule=args.m3_schedule, m3_select=args.m3_select,
-                    m3_recipe=args.m3_recipe, m3_encoder_bn=args.m3_encoder_bn, m3_ensemble=args.m3_ensemble,
-                    m3_deep_supervision=args.m3_deep_supervision, m3_lr=args.m3_lr,
+                    m3_epochs=args.m3_epochs, m3_recipe=args.m3_recipe, m3_ensemble=args.m3_ensemble,
                     encoder_weights=weights, run_dir=str(Path(args.runs_dir) / args.name),
                     figures_dir=args.figures_dir, cache_dir=args.cache_dir, progress=False, max_pixels=args.max_pixels,
                     external=external)

@@ -207,17 +207,51 @@ def parameter_groups(model: SegmentationModel, lr: float, encoder_lr: float = 1.
     return [g for g in ({"params": encoder, "lr": lr * encoder_lr}, {"params": rest, "lr": lr}) if g["params"]]
 
 
+# what an optimizer's defaults say about how it runs, not about what it computes: left out of its settings
+IMPLEMENTATION_KEYS = {"foreach", "fused", "capturable", "differentiable"}
+
+
+def optimizer_settings(optimizer: torch.optim.Optimizer) -> str:
+    """An optimizer's hyperparameters besides the learning rate, as saved with a run: "betas=(0.9, 0.999),
+    eps=1e-08, ..." (its constructor's defaults merged with what was passed, sorted by name)."""
+    items = sorted((k, v) for k, v in optimizer.defaults.items() if k != "lr" and k not in IMPLEMENTATION_KEYS)
+    return ", ".join(f"{k}={v!r}" for k, v in items)
+
+
+def check_optimizer(optimizer: torch.optim.Optimizer, model: nn.Module) -> None:
+    """ValueError unless ``optimizer`` updates every trainable parameter of ``model`` (an optimizer built over
+    another model's parameters would leave this one untrained without a word)."""
+    mine = {id(p) for p in model.parameters() if p.requires_grad}
+    given = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    if not mine or not mine <= given:
+        raise ValueError(f"the {type(optimizer).__name__} optimizer does not hold the model's trainable parameters "
+                         f"({len(mine - given)} of {len(mine)} missing): build it over this model, e.g. "
+                         f"torch.optim.{type(optimizer).__name__}(model.parameters(), lr=...)")
+
+
 def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epochs: int = 25,
         batch_size: int = 16, lr: float = 1e-3, seed: int = 0, device: str = "auto",
         out_dir: str | Path | None = None, overwrite: bool = False, progress: bool = True, log=print,
         amp="auto", channels_last="auto", eval_split: str = "test", select: str = "last",
         augment=None, loss: str = "bce", schedule: str = "constant", warmup_epochs: int = 1, label: str = "train",
         on_epoch=None, ema=(), encoder_lr: float = 1.0, encoder_bn: str = "train",
-        deep_supervision: float = 0.0) -> list[dict]:
-    """Train with NAdam; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
+        deep_supervision: float = 0.0, optimizer: torch.optim.Optimizer | None = None,
+        loss_fn: nn.Module | None = None) -> list[dict]:
+    """Train ``model``; evaluate on ``test_set`` (the split named ``eval_split``) after every epoch.
 
-    The defaults are the report's recipe: BCEWithLogitsLoss, a constant learning rate, no
-    augmentation, the weights of the last epoch. Model 3's recipe may change them:
+    The defaults are the report's recipe: BCEWithLogitsLoss, NAdam, a constant learning rate, no
+    augmentation, the weights of the last epoch. The notebooks build the loss and the optimizer
+    themselves and pass them in:
+
+    - optimizer: an optimizer over ``model``'s parameters (the report's:
+      ``torch.optim.NAdam(model.parameters(), lr=0.001)``); its class, its learning rate (that of its
+      first group, recorded as ``lr``) and its other settings are saved with the run and compared on
+      resume, and ``lr`` and ``encoder_lr`` are then not used. None: NAdam over
+      :func:`parameter_groups` at ``lr``;
+    - loss_fn: the training loss, a module called as ``loss_fn(logits, masks)`` (the report's:
+      ``nn.BCEWithLogitsLoss()``); its class name is saved as ``loss``. None: :func:`helpers.recipe.make_loss` of ``loss``.
+
+    Model 3's recipe may change the rest:
 
     - eval_split: "test" (the report's protocol: the test split scored after every epoch) or
       "validation" (a split held out of the training images);
@@ -277,12 +311,17 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
     if encoder_bn not in ENCODER_BN:
         raise ValueError(f"encoder_bn must be one of {', '.join(ENCODER_BN)}, got {encoder_bn!r}")
     model.encoder_bn_frozen = encoder_bn == "frozen"
-    optimizer = torch.optim.NAdam(parameter_groups(model, lr, encoder_lr), lr=lr)
+    if optimizer is None:
+        optimizer = torch.optim.NAdam(parameter_groups(model, lr, encoder_lr), lr=lr)
+    else:
+        check_optimizer(optimizer, model)
+        lr, encoder_lr = float(optimizer.param_groups[0]["lr"]), 1.0
     train_loader = make_loader(train_set, batch_size, True, generator, dev)
     test_loader = make_loader(test_set, batch_size, False, None, dev)
     aug_kwargs = recipe.augment_settings(augment)
     aug_generator = torch.Generator(dev).manual_seed(seed + 1_000_003) if aug_kwargs is not None else None
-    loss_fn = recipe.make_loss(loss)
+    loss_name = recipe.LOSS_NAMES[loss] if loss_fn is None else type(loss_fn).__name__
+    loss_fn = recipe.make_loss(loss) if loss_fn is None else loss_fn.to(dev)
     if deep_supervision:
         loss_fn = recipe.DeepSupervision(loss_fn, model.decoder, deep_supervision).to(dev)
         optimizer.add_param_group({"params": list(loss_fn.heads.parameters()), "lr": lr})
@@ -291,7 +330,8 @@ def fit(model: SegmentationModel, train_set: Dataset, test_set: Dataset, *, epoc
                                       warmup_epochs=warmup_epochs)
     settings = {"image_size": int(train_set[0]["image"].shape[-1]), "epochs": epochs, "batch_size": batch_size,
                 "lr": lr, "seed": seed, "device": str(dev),
-                "optimizer": "NAdam", "loss": recipe.LOSS_NAMES[loss], "n_train": len(train_set),
+                "optimizer": type(optimizer).__name__, "optimizer_settings": optimizer_settings(optimizer),
+                "loss": loss_name, "n_train": len(train_set),
                 "n_test": len(test_set), "eval_split": eval_split, "select": select,
                 "augment": "off" if aug_kwargs is None else recipe.describe_augment(aug_kwargs),
                 "schedule": schedule if schedule == "constant" else f"{schedule} (warm-up {warmup_epochs} epoch(s))",

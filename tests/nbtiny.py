@@ -25,7 +25,26 @@ def tiny_parameters(tmp: Path) -> dict:
             "SYNTHETIC_TEST": 8, "IMAGE_SIZE": 64, "EPOCHS": 1, "BATCH_SIZE": 8, "LR": 0.001, "SEED": 0, "SEEDS": 1,
             "DEVICE": "cpu", "ENCODER_WEIGHTS": None, "MAX_PIXELS": 100_000_000, "RUN_DIR": str(tmp / "runs" / "tiny"),
             "FIGURES_DIR": str(tmp / "figures"), "CACHE_DIR": str(tmp / "cache"), "TTA": False, "PROGRESS": False,
-            "EXTERNAL": None}
+            "EXTERNAL": None, "M3_RECIPE": "default", "M3_EPOCHS": None}
+
+
+def tiny_settings(tmp: Path, **changes) -> Path:
+    """tmp/settings.json: the whole tiny configuration (with ``changes``, lower-case setting names), as the
+    headless run writes it for its notebooks (their SETTINGS)."""
+    from helpers.settings import RunConfig
+
+    known = set(RunConfig.__dataclass_fields__)
+    values = {k.lower(): v for k, v in tiny_parameters(tmp).items() if k.lower() in known}
+    return RunConfig(**{**values, **changes}).write(tmp / "settings.json")
+
+
+def tiny_injection(tmp: Path, notebook: Path, **changes) -> dict:
+    """What the headless run passes ``notebook`` on the tiny setting: SETTINGS (tiny_settings) and the
+    tiny values of the other parameters its parameters cell declares."""
+    import papermill as pm
+
+    values = {**tiny_parameters(tmp), "SETTINGS": str(tiny_settings(tmp, **changes))}
+    return {k: values[k] for k in pm.inspect_notebook(str(notebook))}
 
 
 def parameterized_copies(tmp: Path) -> list[Path]:
@@ -35,7 +54,7 @@ def parameterized_copies(tmp: Path) -> list[Path]:
     out_dir = tmp / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
     for src in NOTEBOOKS:
-        pm.execute_notebook(str(src), str(out_dir / src.name), parameters=tiny_parameters(tmp),
+        pm.execute_notebook(str(src), str(out_dir / src.name), parameters=tiny_injection(tmp, src),
                             prepare_only=True, kernel_name="python3", progress_bar=False)
     return [out_dir / src.name for src in NOTEBOOKS]
 

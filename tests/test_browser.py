@@ -8,6 +8,7 @@ Needs Debian's `chromium` (`.ci/run` installs it); without it the test is skippe
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from helpers import reproduce
 
 from conftest import lab_api, running_lab
-from nbtiny import NOTEBOOKS, ROOT, figure_names, tiny_parameters
+from nbtiny import NOTEBOOKS, ROOT, figure_names, tiny_parameters, tiny_settings
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's chromium package "
@@ -27,7 +28,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.skipif(CHROMIUM is None, reason="no 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
          "--disable-component-update", "--disable-sync"]
 FIGURES = {p.name: len(figure_names(p)) for p in NOTEBOOKS}  # the figures each notebook saves
-TRAINING = {p.name for p in NOTEBOOKS if "train_seeds(" in p.read_text()}  # the notebooks that train a model
+TRAIN_CALL = re.compile(r"train_seeds\(|train_and_evaluate\(")  # the cell that trains
+TRAINING = {p.name for p in NOTEBOOKS if TRAIN_CALL.search(p.read_text())}  # the notebooks that train a model
 NB = ".jp-NotebookPanel:not(.lm-mod-hidden)"  # the notebook on show (others opened before stay in hidden tabs)
 SHOTS = {"03_model2_finetuned.ipynb": "lab_model2_training.png", "05_comparison.ipynb": "lab_comparison.png"}
 
@@ -125,7 +127,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
     shots_dir = Path(os.environ.get("SCREENSHOTS_DIR") or work / "screenshots")
     shots_dir.mkdir(parents=True, exist_ok=True)
     tiny = tiny_parameters(work / "interactive")
-    tiny["PROGRESS"] = True
+    tiny["SETTINGS"] = str(tiny_settings(work / "interactive", progress=True))  # the rest of the tiny setting
     page = browser.new_page(viewport={"width": 1280, "height": 900})
     # run live: a training notebook (its progress bar and loss curve redrawn as it trains); the others are
     # opened below as the headless run executed them
@@ -144,7 +146,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
         def watch(p, name=name, seen=seen):
             if name not in TRAINING:
                 return
-            training_cell = p.locator(f"{NB} .jp-CodeCell", has_text="train_seeds(")
+            training_cell = p.locator(f"{NB} .jp-CodeCell", has_text=TRAIN_CALL)
             if training_cell.locator(".widget-progress, .widget-hprogress").count():
                 seen["widget"] = True
             if training_cell.locator(".jp-OutputArea-output img").count():
@@ -158,7 +160,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
         _menu(page, "Run", "Run All Cells")
         _wait_for_run(page, timeout=240, shot=str(work / f"timeout-{name}.png"), watch=watch)
         if name in SHOTS and name in TRAINING and not seen.get("shot"):  # training too quick to catch halfway
-            page.locator(f"{NB} .jp-CodeCell", has_text="train_seeds(").scroll_into_view_if_needed()
+            page.locator(f"{NB} .jp-CodeCell", has_text=TRAIN_CALL).scroll_into_view_if_needed()
             page.screenshot(path=str(shots_dir / SHOTS[name]))
         page.keyboard.press("Control+s")
         page.wait_for_timeout(1000)

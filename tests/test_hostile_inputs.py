@@ -66,8 +66,7 @@ def test_odd_files_of_a_training_split_alone_go_through_the_main_job_with_notes_
                                          for m in reproduce.MODELS}})
     args = ["--data-dir", str(root), "--image-size", "32", "--epochs", "1", "--batch-size", "4", "--device", "cpu",
             "--encoder-weights", "none", "--no-html", "--runs-dir", str(tmp_path / "runs"), "--name", "odd",
-            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--m3-augment", "on",
-            "--m3-loss", "bce_dice", "--m3-schedule", "cosine", "--m3-select", "best", "--m3-epochs", "3"]
+            "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--m3-epochs", "3"]
     assert reproduce.main(args) == 0, capsys.readouterr()
     out, run = capsys.readouterr().out, tmp_path / "runs" / "odd"
     for note in ("ISIC_0000002.jpg: CMYK image converted to RGB", "ISIC_0000003.png: 16-bit I;16 image scaled",
@@ -82,21 +81,20 @@ def test_odd_files_of_a_training_split_alone_go_through_the_main_job_with_notes_
     assert results["data_warnings"] == 3 and "training split only" in results["decision"]
     assert [name for name, _ in given] == list(reproduce.NOTEBOOKS)
     parameters = dict(given[3][1])
-    assert parameters["DATA_DIR"] == str(root) and parameters["M3_SELECT"] == "best" and parameters["M3_EPOCHS"] == 3
+    assert parameters["DATA_DIR"] == str(root) and parameters["M3_EPOCHS"] == 3
+    saved = json.loads(Path(parameters["SETTINGS"]).read_text())
+    assert (saved["data_dir"], saved["cache_dir"], saved["batch_size"], saved["m3_epochs"]) == (
+        str(root), str(tmp_path / "cache"), 4, 3)
 
-    # notebook 04's data and training, with the parameters it was given
-    cfg = experiment.RunConfig(data=parameters["DATA"], data_dir=parameters["DATA_DIR"], image_size=32, epochs=1,
-                               batch_size=4, device="cpu", encoder_weights=None, run_dir=parameters["RUN_DIR"],
-                               cache_dir=parameters["CACHE_DIR"], figures_dir=str(tmp_path / "figures"),
-                               progress=False, m3_augment=True, m3_loss="bce_dice", m3_schedule="cosine",
-                               m3_select="best", m3_epochs=3)
+    # notebook 04's data and training, with the settings it was given (the recipe: the best validation epoch)
+    cfg = experiment.RunConfig.load(parameters["SETTINGS"], data=parameters["DATA"], data_dir=parameters["DATA_DIR"])
     d = experiment.prepare_data(cfg, log=lambda *a: None)
     assert "20% validation split (split seed 0, 3 images)" in d.label and d.scored_name == "validation"
     split = json.loads((run / "split.json").read_text())
     assert sorted(split["train_ids"] + split["validation_ids"]) == [f"ISIC_{i:07d}" for i in range(15)]  # all train
     assert split["n_validation"] == 3 and split["fraction"] == 0.2 and not set(split["train_ids"]) & set(split["validation_ids"])
     (m3,) = experiment.train_seeds(cfg, d, experiment.new_model(cfg, freeze_encoder=False, decoder="unet"),
-                                   "model3_unet", experiment.model3_recipe(cfg))
+                                   "model3_unet", {**experiment.model3_recipe(cfg), "select": "best"})
     assert m3["metrics"]["recipe"]["select"] == "best" and m3["metrics"]["selected_on_scored_split"] is True
     assert m3["metrics"]["n_test"] == 3 and m3["metrics"]["scored_split"] == "validation"
     history = json.loads((run / "model3_unet" / "seed0" / "history.json").read_text())
@@ -203,14 +201,17 @@ def test_every_reader_opens_files_through_helpers_images():
     assert opening == ["images.py"]
 
 
-def test_a_raised_pixel_limit_goes_to_every_notebook_that_reads_images():
-    """--max-pixels reaches each notebook that reads image files as MAX_PIXELS (the headless run passes
-    each notebook the parameters it declares), so a raised limit holds after training too."""
+def test_a_raised_pixel_limit_goes_to_every_notebook_that_reads_images(tmp_path):
+    """--max-pixels reaches each notebook that reads image files through the run's settings file (SETTINGS,
+    which the headless run passes each notebook), so a raised limit holds after training too."""
     import papermill as pm
 
     from helpers.experiment import RunConfig
     from nbtiny import NOTEBOOKS
 
-    assert reproduce.notebook_parameters(RunConfig(max_pixels=300_000_000))["MAX_PIXELS"] == 300_000_000
-    takes = [p.name for p in NOTEBOOKS if "MAX_PIXELS" in pm.inspect_notebook(str(p))]
-    assert takes == [p.name for p in NOTEBOOKS if "prepare_data(" in p.read_text()] == list(reproduce.NOTEBOOKS[:4])
+    cfg = RunConfig(max_pixels=300_000_000, run_dir=str(tmp_path))
+    assert RunConfig.load(cfg.write(reproduce.notebook_parameters(cfg)["SETTINGS"])).max_pixels == 300_000_000
+    takes = [p.name for p in NOTEBOOKS if "SETTINGS" in pm.inspect_notebook(str(p))
+             and "RunConfig.load(SETTINGS," in p.read_text()]
+    assert takes == list(reproduce.NOTEBOOKS)  # every notebook reads the run's settings
+    assert [p.name for p in NOTEBOOKS if "prepare_data(" in p.read_text()] == list(reproduce.NOTEBOOKS[:4])

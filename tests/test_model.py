@@ -140,3 +140,30 @@ def test_a_weights_argument_names_a_file_by_its_absolute_path(tmp_path, monkeypa
     monkeypatch.chdir(tmp_path)
     assert weights_argument("None") is None and weights_argument("imagenet") == "imagenet"
     assert weights_argument("auto") == "auto" and weights_argument("w.pth") == str(tmp_path.resolve() / "w.pth")
+
+
+def test_the_layer_table_traces_the_report_architecture_at_128():
+    from helpers.model import layer_table, parameter_counts
+
+    torch.manual_seed(0)
+    model = build_model(True, encoder_weights=None)
+    state, training = torch.random.get_rng_state(), model.training
+    table = layer_table(model, 128)
+    assert torch.equal(state, torch.random.get_rng_state()) and model.training == training
+    assert not model.encoder.training  # a frozen encoder stays in eval mode
+    shapes = table["output shape"].to_dict()
+    assert [shapes[f"encoder.stages.{i}"] for i in range(5)] == [
+        "16 x 64 x 64", "24 x 32 x 32", "32 x 16 x 16", "96 x 8 x 8", "1280 x 4 x 4"]
+    convs = table[table["type"] == "ConvTranspose2d"]
+    assert list(convs["output shape"]) == ["128 x 8 x 8", "64 x 16 x 16", "32 x 32 x 32", "16 x 64 x 64"]
+    assert list(table["type"]).count("Dropout") == 4 and list(table["type"]).count("ReLU") == 4
+    order = list(table["type"])  # each transposed convolution is followed by ReLU and Dropout
+    assert all(order[i + 1:i + 3] == ["ReLU", "Dropout"] for i, t in enumerate(order) if t == "ConvTranspose2d")
+    assert shapes["head"] == "1 x 64 x 64" and shapes["resize"] == "1 x 128 x 128"  # the final interpolation
+    counts = parameter_counts(model)
+    assert table["parameters"].sum() == counts["trainable"] + counts["frozen"]
+    assert set(table.loc[[f"encoder.stages.{i}" for i in range(5)], "trains"]) == {"no"}
+    assert set(convs["trains"]) == {"yes"}
+    unet = layer_table(build_model(False, encoder_weights=None, decoder="unet"), 64)
+    assert unet.loc["decoder.blocks.3", "output shape"] == "16 x 32 x 32" and unet.loc["resize", "output shape"] == \
+        "1 x 64 x 64" and set(unet["trains"]) <= {"yes", "-"}

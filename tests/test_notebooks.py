@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from html import escape
+from pathlib import Path
 
 import nbformat
 import numpy as np
@@ -25,7 +26,7 @@ from helpers.folders import list_split
 from helpers.experiment import RunConfig
 
 from conftest import main_args
-from nbtiny import NOTEBOOKS, ROOT, figure_names, is_checked, parameterized_copies, tiny_parameters
+from nbtiny import NOTEBOOKS, ROOT, figure_names, is_checked, parameterized_copies, tiny_injection, tiny_parameters
 
 
 def test_notebooks_are_committed_thin():
@@ -223,9 +224,9 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
     (backup,) = tmp_path.joinpath("runs").glob("o.replaced-*")
     assert (backup / "model2_finetuned" / "seed0" / "last.pt").read_bytes() == b"an earlier run's state"
     assert (backup / "results.json").is_file() and any(f"moved the earlier {run} to {backup}" in x for x in lines)
-    # the notebooks start from an empty folder: nothing in it but the new run's output log
+    # the notebooks start from an empty folder: nothing in it but the new run's output log and settings
     assert [name for name, _ in seen] == list(reproduce.NOTEBOOKS)
-    assert all(files == ["notebooks", "output.log"] for _, files in seen), seen
+    assert all(files == ["notebooks", "output.log", "settings.json"] for _, files in seen), seen
     # an unfinished run folder (no results.json) is kept and resumed, not moved
     (run / "results.json").unlink()
     lines.clear()
@@ -251,7 +252,8 @@ def test_the_comparison_runs_with_a_model_missing(headless_run, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(headless_run.run, run, ignore=shutil.ignore_patterns("model3_unet", "*.pt", "masks"))
     text = lambda nb: " ".join(o.get("text", "") for c in nb.cells for o in c.get("outputs", []))
-    reproduce.run_notebook(NOTEBOOKS[4], tmp_path / "05.ipynb", {"RUN_DIR": str(run), "FIGURES_DIR": str(tmp_path)})
+    settings = RunConfig(run_dir=str(run), figures_dir=str(tmp_path)).write(tmp_path / "settings.json")
+    reproduce.run_notebook(NOTEBOOKS[4], tmp_path / "05.ipynb", {"RUN_DIR": str(run), "SETTINGS": str(settings)})
     early = text(nbformat.read(tmp_path / "05.ipynb", as_version=4))
     assert "Model 3 (fine-tuned, U-Net decoder): no results in" in early and "04_model3_unet_decoder.ipynb" in early
     assert not (tmp_path / "fig14_iou_scatter_model3.png").exists()
@@ -278,29 +280,32 @@ def test_the_notebooks_defaults_are_the_run_configs():
     defaults = reproduce.notebook_parameters(RunConfig())
     for path in NOTEBOOKS:
         declared = pm.inspect_notebook(str(path))
+        assert ast.literal_eval(declared["SETTINGS"]["default"]) is None  # no file: RunConfig's defaults
         for name, spec in declared.items():
-            if name in ("RUN_DIR", "FIGURES_DIR"):  # the notebooks write to runs/interactive, make to runs/<NAME>
+            if name in ("RUN_DIR", "SETTINGS"):  # the notebooks write to runs/interactive, make to runs/<NAME>
                 continue
             assert ast.literal_eval(spec["default"]) == defaults[name], f"{path.name}: {name}"
-        if path.name != "05_comparison.ipynb":
-            assert {"DATA", "VAL_FRACTION", "SPLIT_SEED"} <= set(declared)
-    assert {k for k in pm.inspect_notebook(str(NOTEBOOKS[3])) if k.startswith("M3_")} == {
-        k for k in defaults if k.startswith("M3_")}
+    assert {k for k in pm.inspect_notebook(str(NOTEBOOKS[3])) if k.startswith("M3_")} == {"M3_RECIPE", "M3_EPOCHS"}
 
 
-def test_each_parameters_cell_holds_what_its_notebook_uses_and_the_headless_run_sets_it():
+def test_each_parameters_cell_fits_a_screen_holds_what_its_notebook_uses_and_the_headless_run_sets_it():
     import papermill as pm
 
     passed = reproduce.notebook_parameters(RunConfig())
-    for path in NOTEBOOKS:
+    for path, most in zip(NOTEBOOKS, (10, 10, 10, 12, 10)):
         nb = nbformat.read(path, as_version=4)
         declared = pm.inspect_notebook(str(path))
-        rest = "\n".join(c.source for c in nb.cells[2:] if c.cell_type == "code")
+        cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+        lines = [line for line in cell.source.splitlines() if line.strip()]
+        assert len(lines) <= most and len(lines) == len(declared), f"{path.name}: {len(lines)} lines"
+        (config,) = [c for c in nb.cells if c.cell_type == "code" and "RunConfig.load(" in c.source]
+        assert len(config.source.strip().splitlines()) == 1, f"{path.name}: the config cell is not one line"
+        rest = "\n".join(c.source for c in nb.cells if c.cell_type == "code" and c is not cell)
         for name, spec in declared.items():
             assert re.search(rf"\b{name}\b", rest), f"{path.name}: {name} is declared but never used"
             assert spec["help"], f"{path.name}: {name} has no comment"
         assert set(declared) <= set(passed), f"{path.name}: the headless run does not set {set(declared) - set(passed)}"
-    assert set(pm.inspect_notebook(str(NOTEBOOKS[4]))) == {"RUN_DIR", "FIGURES_DIR"}  # the comparison trains nothing
+    assert set(pm.inspect_notebook(str(NOTEBOOKS[4]))) == {"SETTINGS", "RUN_DIR"}  # the comparison trains nothing
     assert "EPOCHS" not in pm.inspect_notebook(str(NOTEBOOKS[0]))
 
 
@@ -309,5 +314,27 @@ def test_a_parameter_the_headless_run_does_not_set_is_refused(tmp_path):
     nb.cells[1].source += "\nNEW_KNOB = 3          # a parameter nobody passes"
     nbformat.write(nb, tmp_path / "05.ipynb")
     with pytest.raises(ProjectError, match=r"05.ipynb: the parameters cell declares NEW_KNOB"):
-        reproduce.run_notebook(tmp_path / "05.ipynb", tmp_path / "out.ipynb", {"RUN_DIR": "r", "FIGURES_DIR": "f"})
+        reproduce.run_notebook(tmp_path / "05.ipynb", tmp_path / "out.ipynb", {"RUN_DIR": "r", "SETTINGS": None})
     assert not (tmp_path / "out.ipynb").exists()
+
+
+@pytest.mark.slow
+def test_a_reader_swaps_nadam_for_adam_in_notebook_03_and_the_run_says_adam(tmp_path):
+    """The edit a person makes in JupyterLab - NAdam to Adam in the training cell - run as papermill runs
+    it: the run's saved settings name Adam, and its checkpoints and results are its own."""
+    import papermill as pm
+
+    nb = nbformat.read(NOTEBOOKS[2], as_version=4)
+    (cell,) = [c for c in nb.cells if "torch.optim.NAdam(" in c.source]
+    cell.source = cell.source.replace("torch.optim.NAdam(", "torch.optim.Adam(")
+    nbformat.write(nb, tmp_path / NOTEBOOKS[2].name)
+    params = tiny_injection(tmp_path, tmp_path / NOTEBOOKS[2].name)
+    pm.execute_notebook(str(tmp_path / NOTEBOOKS[2].name), str(tmp_path / "executed.ipynb"), parameters=params,
+                        kernel_name="python3", progress_bar=False, cwd=str(NOTEBOOKS[2].parent))
+    run = Path(params["RUN_DIR"]) / "model2_finetuned"
+    saved = json.loads((run / "seed0" / "history.json").read_text())["settings"]
+    assert (saved["optimizer"], saved["lr"], saved["loss"]) == ("Adam", 0.001, "BCEWithLogitsLoss")
+    assert "amsgrad=False" in saved["optimizer_settings"]  # Adam's own settings, not NAdam's momentum_decay
+    assert json.loads((run / "seed0" / "metrics.json").read_text())["training"]["optimizer"] == "Adam"
+    assert json.loads((run / "summary.json").read_text())["training"]["optimizer"] == "Adam"
+    assert torch.load(run / "seed0" / "checkpoint.pt", weights_only=True)["settings"]["optimizer"] == "Adam"

@@ -171,14 +171,15 @@ def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
 def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_frozen_bn_and_deep_supervision(
         tiny_isic, tmp_path):
     from helpers import experiment
-    from helpers.experiment import RunConfig
+    from helpers.settings import RunConfig, model3_recipe
 
     c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
                   cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
-                  m3_loss="bce_lovasz", m3_select="ema", m3_recipe="strong")  # BatchNorm frozen, 2 x epochs, deep
+                  m3_recipe="strong")  # BatchNorm frozen, 2 x epochs, deep supervision, half the rate
+    recipe = {**model3_recipe(c), "loss": "bce_lovasz", "select": "ema"}  # a recipe of the ablation's
     d = experiment.prepare_data(c, log=lambda line: None)
     model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
-    result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
+    result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=recipe)
     assert result["metrics"]["recipe"]["loss"] == "bce_lovasz" and result["metrics"]["recipe"]["select"] == "ema"
     assert result["metrics"]["recipe"]["preset"] == "strong" and len(result["history"]) == 2
     ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
@@ -186,96 +187,51 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_froz
     assert result["metrics"]["recipe"]["encoder_bn"] == "frozen" and ckpt["settings"]["encoder_bn"] == "frozen"
     assert result["metrics"]["recipe"]["deep_supervision"] == 0.5 and ckpt["settings"]["deep_supervision"] == 0.5
     assert result["metrics"]["recipe"]["lr"] == 0.0005 and ckpt["settings"]["lr"] == 0.0005  # half of LR
+    assert result["metrics"]["training"]["optimizer"] == "NAdam" and result["metrics"]["training"]["lr"] == 0.0005
     assert ckpt["model"].keys() == experiment.new_model(c, freeze_encoder=False, decoder="unet").state_dict().keys()
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
-    for bad in ({"m3_loss": "lovasz"}, {"m3_select": "average"}, {"m3_encoder_bn": "fixed"}, {"m3_recipe": "best"}):
-        with pytest.raises(ValueError, match=f"{next(iter(bad))} must be one of"):
-            RunConfig(**bad)
-    for bad in (-0.5, float("nan"), float("inf"), "0.5", True):
-        with pytest.raises(ValueError, match="m3_deep_supervision is the weight of the auxiliary losses"):
-            RunConfig(m3_deep_supervision=bad)
-    for name in ("lr", "m3_lr"):
-        for bad in (0, -1e-3, float("nan"), float("inf"), "0.001", True) + ((None,) if name == "lr" else ()):
-            with pytest.raises(ValueError, match=f"{name} is a learning rate, a finite number above 0"):
-                RunConfig(**{name: bad})
+    with pytest.raises(ValueError, match="m3_recipe must be one of"):
+        RunConfig(m3_recipe="best")
+    for bad in (0, -1e-3, float("nan"), float("inf"), "0.001", True, None):
+        with pytest.raises(ValueError, match="lr is a learning rate, a finite number above 0"):
+            RunConfig(lr=bad)
 
 
-def test_the_encoder_can_learn_at_a_fraction_of_the_decoders_rate(splits, tmp_path):
-    model = build_model(False, encoder_weights=None, decoder="unet")
-    groups = train.parameter_groups(model, 1e-3, 0.1)
-    encoder = {id(p) for p in model.encoder.parameters()}
-    assert [g["lr"] for g in groups] == [pytest.approx(1e-4), 1e-3]
-    assert {id(p) for p in groups[0]["params"]} == encoder and not encoder & {id(p) for p in groups[1]["params"]}
-    assert sum(len(g["params"]) for g in groups) == len(list(model.parameters()))
-    assert len(train.parameter_groups(model, 1e-3)) == 1
-    torch.manual_seed(3)  # the start _fit trains from
-    start = build_model(False, encoder_weights=None, decoder="unet").state_dict()
-    slow, _ = _fit(*splits, tmp_path / "slow", epochs=1, encoder_lr=0.01, schedule="constant", select="last")
-    fast, _ = _fit(*splits, tmp_path / "fast", epochs=1, schedule="constant", select="last")
-    moved = lambda m, part: sum((v.float() - start[k].float()).abs().sum().item() for k, v in m.state_dict().items()
-                                if k.startswith(part) and v.dtype.is_floating_point and "running" not in k)
-    assert moved(slow, "encoder.") < moved(fast, "encoder.") / 5  # NAdam steps scale with the lr
-    assert moved(slow, "decoder.") > moved(fast, "decoder.") / 2  # while the decoder trains at the full rate
-    settings = {name: json.loads((tmp_path / name / "history.json").read_text())["settings"] for name in ("slow", "fast")}
-    assert settings["slow"]["encoder_lr"] == 0.01 and settings["fast"]["encoder_lr"] == 1
-    with pytest.raises(ValueError, match="encoder_lr"):
-        _fit(*splits, tmp_path / "bad", epochs=1, encoder_lr=0)
+def test_the_named_recipes_set_what_they_say():
+    from helpers.settings import M3_RECIPES, RunConfig, model3_recipe, recipe_table
 
-
-def test_fine_tuning_can_keep_the_encoders_batchnorm_statistics(splits, tmp_path):
-    bn = lambda m, part: [mod for name, mod in m.named_modules()
-                          if name.startswith(part) and isinstance(mod, torch.nn.BatchNorm2d)]
-    torch.manual_seed(3)
-    start = build_model(False, encoder_weights=None, decoder="unet").state_dict()
-    kept, _ = _fit(*splits, tmp_path / "kept", epochs=1, encoder_bn="frozen", schedule="constant", select="last")
-    batch, _ = _fit(*splits, tmp_path / "batch", epochs=1, schedule="constant", select="last")
-    stats = lambda m: {k: v for k, v in m.state_dict().items() if k.startswith("encoder.") and "running_" in k}
-    assert stats(kept) and all(torch.equal(v, start[k]) for k, v in stats(kept).items())  # never updated
-    assert not all(torch.equal(v, start[k]) for k, v in stats(batch).items())
-    moved = lambda m: [k for k, v in m.state_dict().items() if k.startswith("encoder.") and k.endswith(".bias")
-                       and not torch.equal(v, start[k])]
-    assert moved(kept)  # the encoder itself, BatchNorm scale and shift included, still trains
-    decoder = {k: v for k, v in kept.state_dict().items() if k.startswith("decoder.") and "running_mean" in k}
-    assert decoder and not all(torch.equal(v, start[k]) for k, v in decoder.items())  # the decoder's BN is untouched
-    kept.train()
-    assert all(not m.training for m in bn(kept, "encoder.")) and all(m.training for m in bn(kept, "decoder."))
-    assert kept.encoder.stages[0].training  # only BatchNorm is held in eval mode, not the whole encoder
-    settings = lambda name: json.loads((tmp_path / name / "history.json").read_text())["settings"]
-    assert settings("kept")["encoder_bn"] == "frozen" and settings("batch")["encoder_bn"] == "train"
-    with pytest.raises(ValueError, match="encoder_bn must be one of"):
-        _fit(*splits, tmp_path / "bad", epochs=1, encoder_bn="fixed")
-
-
-def test_model3_named_recipes_fill_only_the_settings_left_unset():
-    from helpers.experiment import RunConfig, model3_recipe
-
-    named = ("preset", "epochs", "encoder_bn", "deep_supervision", "lr")  # what the presets set
+    named = ("preset", "epochs", "encoder_bn", "deep_supervision", "lr")  # what sets the recipes apart
     default = model3_recipe(RunConfig(epochs=25))
     assert tuple(default[k] for k in named) == ("default", 25, "train", 0.0, 0.001)
     strong = model3_recipe(RunConfig(epochs=25, m3_recipe="strong"))
     assert tuple(strong[k] for k in named) == ("strong", 50, "frozen", 0.5, 0.0005)
     assert {k: v for k, v in strong.items() if k not in named} == {k: v for k, v in default.items() if k not in named}
-    mixed = model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30, m3_encoder_bn="train",
-                                    m3_deep_supervision=0, m3_lr=0.002))
-    assert (mixed["epochs"], mixed["encoder_bn"], mixed["deep_supervision"], mixed["lr"]) == (30, "train", 0.0, 0.002)
+    assert (default["augment"], default["loss"], default["schedule"], default["select"]) == (
+        True, "bce_dice", "cosine", "last")
+    assert model3_recipe(RunConfig(epochs=25, m3_recipe="strong", m3_epochs=30))["epochs"] == 30
     assert model3_recipe(RunConfig(lr=0.004, m3_recipe="strong"))["lr"] == 0.002  # a fraction of LR
-    assert model3_recipe(RunConfig(m3_deep_supervision=1))["deep_supervision"] == 1.0
     assert model3_recipe(RunConfig(epochs=3, m3_recipe="strong"))["epochs"] == 6
+    assert model3_recipe(RunConfig(image_size=96))["image_size"] == 96
+    table = recipe_table(RunConfig(epochs=10, m3_recipe="strong", m3_epochs=None))
+    assert list(table.columns) == [*M3_RECIPES, "this run (strong)"]
+    assert list(table.loc["epochs"]) == ["EPOCHS", "EPOCHS x 2", 20]
+    assert list(table.loc["learning rate"]) == ["LR", "LR x 0.5", 0.0005]
+    assert list(table.loc["working size"]) == ["IMAGE_SIZE", "IMAGE_SIZE", 128]
+    assert table.loc["weights kept", "default"] == "last" and table.loc["deep supervision weight", "strong"] == 0.5
 
 
 def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_line():
-    from helpers.experiment import RunConfig
     from helpers.reproduce import build_parser, notebook_parameters
+    from helpers.settings import RunConfig
 
-    args = build_parser().parse_args(["--m3-recipe", "strong", "--tta", "dihedral"])
-    assert (args.m3_recipe, args.tta, args.m3_encoder_bn, args.m3_epochs) == ("strong", "dihedral", None, None)
+    args = build_parser().parse_args(["--m3-recipe", "strong", "--tta", "dihedral", "--m3-epochs", "7"])
+    assert (args.m3_recipe, args.tta, args.m3_epochs) == ("strong", "dihedral", 7)
     assert build_parser().parse_args(["--tta"]).tta == "flips" and build_parser().parse_args([]).tta is False
-    params = notebook_parameters(RunConfig(m3_recipe=args.m3_recipe, tta=args.tta))
-    assert params["M3_RECIPE"] == "strong" and params["TTA"] == "dihedral" and params["M3_ENCODER_BN"] is None
-    assert params["M3_DEEP_SUPERVISION"] is None and args.m3_deep_supervision is None
-    assert build_parser().parse_args(["--m3-deep-supervision", "0"]).m3_deep_supervision == 0.0
-    assert params["M3_LR"] is None and args.m3_lr is None
-    assert build_parser().parse_args(["--m3-lr", "0.0005"]).m3_lr == 0.0005
+    params = notebook_parameters(RunConfig(m3_recipe=args.m3_recipe, tta=args.tta, m3_epochs=args.m3_epochs))
+    assert params["M3_RECIPE"] == "strong" and params["TTA"] == "dihedral" and params["M3_EPOCHS"] == 7
+    for knob in ("--m3-loss", "--m3-lr", "--m3-select", "--m3-deep-supervision"):  # the ablation's, not the main job's
+        with pytest.raises(SystemExit):
+            build_parser().parse_args([knob, "1"])
     with pytest.raises(SystemExit):
         build_parser().parse_args(["--m3-recipe", "best"])
     with pytest.raises(ValueError, match="tta must be"):

@@ -86,8 +86,8 @@ def test_no_split_to_score_is_refused(tmp_path, train_only):
 
 
 def test_best_epoch_selection_needs_a_validation_split(tmp_path, tiny_isic):
-    c = cfg(tmp_path, tiny_isic, encoder_weights=None, epochs=1, m3_select="best")
+    c = cfg(tmp_path, tiny_isic, encoder_weights=None, epochs=1)
     d = experiment.prepare_data(c, log=lambda line: None)
     model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
     with pytest.raises(DataError, match="needs a validation split"):
-        experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
+        experiment.train_and_evaluate(c, d, model, "model3_unet", recipe={**experiment.model3_recipe(c), "select": "best"})

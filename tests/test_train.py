@@ -308,3 +308,45 @@ def test_nan_loss_stops_training_and_keeps_the_last_good_state(splits, tmp_path)
     state = torch.load(tmp_path / "last.pt", weights_only=True)
     assert state["epoch"] == 1 and all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     assert not (tmp_path / "checkpoint.pt").exists() and not (tmp_path / "history.json").exists()
+
+
+def _fit_with(splits, out, optimizer_of, loss_fn=None, epochs=1, seed=3):
+    torch.manual_seed(seed)
+    model = build_model(False, encoder_weights=None)
+    history = train.fit(model, *splits, epochs=epochs, batch_size=4, seed=seed, device="cpu", out_dir=out,
+                        progress=False, log=None, optimizer=optimizer_of(model), loss_fn=loss_fn)
+    return model, history
+
+
+def test_the_optimizer_and_the_loss_given_are_the_ones_that_train_and_the_run_says_so(splits, tmp_path):
+    # the report's recipe built outside fit trains exactly as fit's own NAdam does
+    _, own = _fit(splits, tmp_path / "own", epochs=1)
+    _, given = _fit_with(splits, tmp_path / "given", lambda m: torch.optim.NAdam(m.parameters(), lr=0.001),
+                         torch.nn.BCEWithLogitsLoss())
+    strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
+    assert strip(given) == strip(own)
+    # an optimizer that cannot move the weights leaves them where they started: it is the one used
+    torch.manual_seed(3)
+    start = build_model(False, encoder_weights=None).state_dict()
+    model, _ = _fit_with(splits, tmp_path / "sgd0", lambda m: torch.optim.SGD(m.parameters(), lr=0.0))
+    assert all(torch.equal(v, start[k]) for k, v in model.state_dict().items() if "running" not in k
+               and "num_batches" not in k)
+    saved = json.loads((tmp_path / "sgd0" / "history.json").read_text())["settings"]
+    assert (saved["optimizer"], saved["lr"], saved["loss"]) == ("SGD", 0.0, "BCEWithLogitsLoss")
+    assert "momentum=0" in saved["optimizer_settings"] and "lr=" not in saved["optimizer_settings"]
+    adam = json.loads((tmp_path / "given" / "history.json").read_text())["settings"]
+    assert adam["optimizer"] == "NAdam" and "momentum_decay=0.004" in adam["optimizer_settings"]
+    _, _ = _fit_with(splits, tmp_path / "l1", lambda m: torch.optim.Adam(m.parameters(), lr=0.002), torch.nn.L1Loss())
+    saved = json.loads((tmp_path / "l1" / "history.json").read_text())["settings"]
+    assert (saved["optimizer"], saved["lr"], saved["loss"]) == ("Adam", 0.002, "L1Loss")
+
+
+def test_another_optimizer_or_its_settings_do_not_reuse_a_run_and_a_foreign_optimizer_is_refused(splits, tmp_path):
+    _fit_with(splits, tmp_path, lambda m: torch.optim.NAdam(m.parameters(), lr=0.001))
+    with pytest.raises(RunStateError, match="optimizer 'NAdam' saved, 'Adam' now"):
+        _fit_with(splits, tmp_path, lambda m: torch.optim.Adam(m.parameters(), lr=0.001))
+    with pytest.raises(RunStateError, match="optimizer_settings .*weight_decay=0.*saved, .*weight_decay=0.01"):
+        _fit_with(splits, tmp_path, lambda m: torch.optim.NAdam(m.parameters(), lr=0.001, weight_decay=0.01))
+    other = build_model(False, encoder_weights=None)
+    with pytest.raises(ValueError, match="does not hold the model's trainable parameters"):
+        _fit_with(splits, tmp_path / "foreign", lambda m: torch.optim.NAdam(other.parameters(), lr=0.001))
