@@ -19,7 +19,7 @@ ENCODER_WEIGHTS ?= auto
 NAME ?= default
 TTA ?=
 M3_ENSEMBLE ?=
-# Optional (empty: the defaults of `python -m helpers.reproduce`): DATA_DIR, EXTERNAL, M3_RECIPE (default|strong),
+# Optional (empty: the defaults of `python -m helpers.tools.reproduce`): DATA_DIR, EXTERNAL, M3_RECIPE (default|strong),
 # M3_EPOCHS, and the rarely changed VAL_FRACTION, SPLIT_SEED, ISIC_URL, MAX_PIXELS (docs/notebooks.md, "Settings").
 OPTIONAL := DATA_DIR VAL_FRACTION SPLIT_SEED ISIC_URL MAX_PIXELS EXTERNAL M3_RECIPE M3_EPOCHS
 option = $(if $($(1)),--$(subst _,-,$(shell echo $(1) | tr A-Z a-z)) $($(1)))
@@ -37,7 +37,7 @@ $(STAMP): pyproject.toml
 venv: $(STAMP)
 
 reproduce: $(STAMP)
-	$(BIN)/python -m helpers.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
+	$(BIN)/python -m helpers.tools.reproduce --data $(DATA) --epochs $(EPOCHS) --image-size $(IMAGE_SIZE) \
 	  --batch-size $(BATCH_SIZE) --lr $(LR) --seed $(SEED) --seeds $(SEEDS) --device $(DEVICE) \
 	  --encoder-weights $(ENCODER_WEIGHTS) --name $(NAME) $(if $(TTA),--tta $(filter dihedral flips,$(TTA))) $(if $(M3_ENSEMBLE),--m3-ensemble) \
 	  $(foreach v,$(OPTIONAL),$(call option,$(v))) $(REPRODUCE_ARGS)
@@ -58,18 +58,18 @@ notebook-outputs: $(STAMP)
 	$(BIN)/python tests/nbtiny.py --update
 
 data: $(STAMP)
-	$(BIN)/python -m helpers.data download data/isic2016 $(if $(ISIC_URL),--base-url $(ISIC_URL))
+	$(BIN)/python -m helpers.tools.data download data/isic2016 $(if $(ISIC_URL),--base-url $(ISIC_URL))
 
 synthetic: $(STAMP)
-	$(BIN)/python -m helpers.data synthetic data/synthetic
+	$(BIN)/python -m helpers.tools.data synthetic data/synthetic
 
 check: $(STAMP)
-	$(BIN)/python -m helpers.data check $(if $(ROOT),$(ROOT),data/isic2016)
+	$(BIN)/python -m helpers.tools.data check $(if $(ROOT),$(ROOT),data/isic2016)
 
 # JupyterLab on working copies of the notebooks in lab/ (git ignores them; notebooks/ stays as committed).
 # The notebooks' python3 kernel runs .venv's Python (jupyter_client starts "python" as the server's own).
 lab: $(STAMP)
-	$(BIN)/python -m helpers.lab $(if $(LAB_DIR),--work-dir $(LAB_DIR)) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
+	$(BIN)/python -m helpers.tools.lab $(if $(LAB_DIR),--work-dir $(LAB_DIR)) $(if $(filter 0,$(shell id -u)),--allow-root) $(LAB_ARGS)
 
 clean:
 	rm -rf runs figures/*.png data/cache .pytest_cache

@@ -12,7 +12,7 @@ import pandas as pd
 from pathlib import Path
 
 from .evaluate import TTA_NAMES, tta_label, tta_mode
-from .experiment import load_result, mean_sd
+from .training import load_result, mean_sd
 from .progress import plural
 from .recipe import LOSS_NAMES
 

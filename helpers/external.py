@@ -1,7 +1,7 @@
 """External test sets: image folders of another collection (another clinic's camera and population),
 scored by every trained model at each image's original size, never trained or chosen on.
 
-``EXTERNAL`` (notebooks), ``--external`` (``python -m helpers.reproduce``) and ``make reproduce
+``EXTERNAL`` (notebooks), ``--external`` (``python -m helpers.tools.reproduce``) and ``make reproduce
 EXTERNAL=...`` take ``DIR[,DIR...]``; each entry may be named, ``NAME=DIR`` (default name: the
 folder's name). Each folder is read in the first of these layouts that it has:
 

@@ -63,8 +63,8 @@ class Sample:
 def _scan(folder: Path, pattern: re.Pattern, kind: str) -> dict[str, Path]:
     if not folder.is_dir():
         raise DataError(f"{folder}: {kind} folder not found (expected the ISIC 2016 Part 1 layout; "
-                        "`python -m helpers.data download ROOT` fetches it, "
-                        "`python -m helpers.data synthetic ROOT` writes the demo set)")
+                        "`python -m helpers.tools.data download ROOT` fetches it, "
+                        "`python -m helpers.tools.data synthetic ROOT` writes the demo set)")
     found: dict[str, Path] = {}
     ignored = []
     for path in sorted(folder.iterdir()):

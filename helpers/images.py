@@ -1,6 +1,6 @@
 """Reading one image or mask file: a pixel limit, every common mode, the stored pixels, one named error.
 
-Every reader of the project (``helpers.data check``, the cache, evaluate, the main job) opens files
+Every reader of the project (``helpers.tools.data check``, the cache, evaluate, the main job) opens files
 through :func:`open_image`. A file is read correctly, with a note when it had to be converted, or it
 is refused with a :class:`~helpers.errors.DataError` that names it and says why:
 

@@ -10,4 +10,4 @@ CACHE = DATA / "cache"
 FIGURES = ROOT / "figures"
 RUNS = ROOT / "runs"
 NOTEBOOKS = ROOT / "notebooks"
-LAB = ROOT / "lab"  # JupyterLab working copies of the notebooks (helpers.lab), ignored by git
+LAB = ROOT / "lab"  # JupyterLab working copies of the notebooks (helpers.tools.lab), ignored by git

@@ -135,7 +135,7 @@ def runs(trained_tiny, tmp_path):
 
 
 def main_args(tmp_path, *extra):
-    """`python -m helpers.reproduce` options for the tiny setting (nbtiny.tiny_parameters) under ``tmp_path``."""
+    """`python -m helpers.tools.reproduce` options for the tiny setting (nbtiny.tiny_parameters) under ``tmp_path``."""
     from nbtiny import tiny_parameters
 
     p = tiny_parameters(tmp_path)
@@ -194,7 +194,7 @@ def interrupt_when(command: list[str], marker: Path, env: dict) -> subprocess.Co
 
 @pytest.fixture(scope="session")
 def headless_run(tmp_path_factory):
-    """One tiny `python -m helpers.reproduce` (2 epochs, 2 seeds, TTA, two external test sets: PH2-like,
+    """One tiny `python -m helpers.tools.reproduce` (2 epochs, 2 seeds, TTA, two external test sets: PH2-like,
     named "PH2", and the images/ + masks/ folder "clinic"), run as a person may meet it: first with the
     run folder on a disk too small for it (``full_disk``: where a tmpfs can be mounted, else None), then
     the same command again after the disk has grown, stopped by Ctrl-C while Model 1 trains
@@ -206,7 +206,7 @@ def headless_run(tmp_path_factory):
                      f"PH2={external['ph2']},{external['clinic']}")
     args[args.index("--epochs") + 1] = "2"
     (root / "runs").mkdir()
-    command = [sys.executable, "-m", "helpers.reproduce", *args]
+    command = [sys.executable, "-m", "helpers.tools.reproduce", *args]
     env = {k: v for k, v in os.environ.items() if k != "MPLBACKEND"}
     mounted = mount_small_disk(root / "runs", RUNS_DISK_MB)
     try:
@@ -234,7 +234,7 @@ def lab_api(base, token, path, method="GET"):
 
 @contextlib.contextmanager
 def running_lab(work: Path, jupyter_dir: Path, env_extra: dict | None = None):
-    """`python -m helpers.lab` (what `make lab` runs) on 127.0.0.1 with a token and working copies in
+    """`python -m helpers.tools.lab` (what `make lab` runs) on 127.0.0.1 with a token and working copies in
     ``work``; Jupyter's runtime and config folders under ``jupyter_dir``, its log in jupyter_dir/lab.log.
     Yields (base URL, token)."""
     from helpers import paths
@@ -250,7 +250,7 @@ def running_lab(work: Path, jupyter_dir: Path, env_extra: dict | None = None):
     base = f"http://127.0.0.1:{port}"
     with open(jupyter_dir / "lab.log", "w") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "helpers.lab", "--work-dir", str(work), "--no-browser", "--ServerApp.ip=127.0.0.1",
+            [sys.executable, "-m", "helpers.tools.lab", "--work-dir", str(work), "--no-browser", "--ServerApp.ip=127.0.0.1",
              f"--ServerApp.port={port}", f"--IdentityProvider.token={token}", "--ServerApp.port_retries=0"]
             + (["--allow-root"] if os.geteuid() == 0 else []),
             cwd=paths.ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

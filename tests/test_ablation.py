@@ -1,10 +1,10 @@
-"""helpers.ablation on a tiny training-only folder: variants over seeds, scored on held-out ids only."""
+"""helpers.tools.ablation on a tiny training-only folder: variants over seeds, scored on held-out ids only."""
 
 import json
 
 import pytest
 
-from helpers import ablation
+from helpers.tools import ablation
 from helpers.errors import ProjectError
 
 

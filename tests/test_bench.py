@@ -3,7 +3,7 @@ import math
 
 import pytest
 
-from helpers import bench
+from helpers.tools import bench
 
 
 @pytest.mark.slow

@@ -17,7 +17,7 @@ import nbformat
 import pytest
 from PIL import Image
 
-from helpers import reproduce
+from helpers.tools import reproduce
 
 from conftest import lab_api, running_lab
 from nbtiny import NOTEBOOKS, ROOT, figure_names, tiny_parameters, tiny_settings

@@ -51,16 +51,16 @@ def test_model3_seeds_scored_as_one_ensemble_reach_the_summary_and_the_challenge
 
     import pytest
 
-    from helpers import experiment
+    from helpers import data, settings, training
 
     with pytest.raises(ValueError, match="needs seeds >= 2"):
-        experiment.RunConfig(m3_ensemble=True)
-    c = experiment.RunConfig(data="auto", data_dir=str(train_only), image_size=32, epochs=1, seeds=2, tta=True,
+        settings.RunConfig(m3_ensemble=True)
+    c = settings.RunConfig(data="auto", data_dir=str(train_only), image_size=32, epochs=1, seeds=2, tta=True,
                              m3_ensemble=True, encoder_weights=None, run_dir=str(tmp_path / "run"),
                              cache_dir=str(tmp_path / "cache"), progress=False, device="cpu")
-    d = experiment.prepare_data(c, log=lambda line: None)
-    model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
-    experiment.train_seeds(c, d, model, "model3_unet", recipe=experiment.model3_recipe(c))
+    d = data.prepare_data(c, log=lambda line: None)
+    model = training.new_model(c, freeze_encoder=False, decoder="unet")
+    training.train_seeds(c, d, model, "model3_unet", recipe=settings.model3_recipe(c))
     summary = json.loads((tmp_path / "run" / "model3_unet" / "summary.json").read_text())
     ensemble = summary["ensemble"]
     assert ensemble["seeds"] == [0, 1] and {"original", "original_tta"} <= set(ensemble)

@@ -14,8 +14,9 @@ import nbformat
 import pytest
 import torch
 
-from helpers import experiment, reproduce
-from helpers.experiment import RunConfig
+from helpers import data, training
+from helpers.tools import reproduce
+from helpers.settings import RunConfig
 from helpers.io import atomic_path, write_text
 
 from conftest import main_args
@@ -127,8 +128,8 @@ def test_the_rerun_resumes_the_interrupted_training_to_the_uninterrupted_result(
     cfg = RunConfig(data="synthetic", data_dir=tiny["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
                     epochs=2, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(tmp_path / "ref"),
                     figures_dir=str(tmp_path / "figures"), cache_dir=tiny["CACHE_DIR"], progress=False)
-    d = experiment.prepare_data(cfg, log=lambda *a: None)
-    experiment.train_seeds(cfg, d, experiment.new_model(cfg, freeze_encoder=True), "model1_frozen")
+    d = data.prepare_data(cfg, log=lambda *a: None)
+    training.train_seeds(cfg, d, training.new_model(cfg, freeze_encoder=True), "model1_frozen")
     reference = tmp_path / "ref" / "model1_frozen" / "seed0"
     strip = lambda h: [{k: v for k, v in row.items() if k != "seconds"} for row in h]
     assert strip(json.loads((folder / "history.json").read_text())["history"]) == strip(

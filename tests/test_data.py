@@ -5,7 +5,8 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import cache, data, folders
+from helpers import cache, folders
+from helpers.tools import data
 from helpers.folders import SPLITS, DataWarning
 from helpers.errors import DataError
 
@@ -346,11 +347,12 @@ def _one_error_line(err, needle):
 
 @pytest.mark.parametrize("fault", FAULTS)
 def test_every_data_fault_is_one_named_error_line_in_each_command(tiny_isic, tmp_path, capsys, fault):
-    from helpers import evaluate, reproduce, train
+    from helpers import evaluate, train
+    from helpers.tools import reproduce
     from helpers.model import build_model
 
     root, split, needle = FAULTS[fault](tiny_isic, tmp_path)
-    assert data.main(["check", str(root), "--quiet"]) == 1  # python -m helpers.data check
+    assert data.main(["check", str(root), "--quiet"]) == 1  # python -m helpers.tools.data check
     captured = capsys.readouterr()
     assert needle in captured.out  # the full report lists every problem
     _one_error_line(captured.err, needle)
@@ -358,7 +360,7 @@ def test_every_data_fault_is_one_named_error_line_in_each_command(tiny_isic, tmp
     args = ["--data", "isic2016" if root == tiny_isic else "auto", "--data-dir", str(root), "--image-size", "16",
             "--epochs", "1", "--device", "cpu", "--encoder-weights", "none", "--runs-dir", str(tmp_path / "runs"),
             "--figures-dir", str(tmp_path / "figures"), "--cache-dir", str(tmp_path / "cache"), "--name", "f"]
-    assert reproduce.main(args) == 1  # python -m helpers.reproduce: fails before any notebook runs
+    assert reproduce.main(args) == 1  # python -m helpers.tools.reproduce: fails before any notebook runs
     _one_error_line(capsys.readouterr().err, needle)
     assert not (tmp_path / "runs").exists()
 
@@ -370,7 +372,8 @@ def test_every_data_fault_is_one_named_error_line_in_each_command(tiny_isic, tmp
 
 
 def test_conversions_are_one_line_notes_before_the_notebooks_run(tiny_isic, tmp_path):
-    from helpers.experiment import RunConfig, check_data
+    from helpers.data import check_data
+    from helpers.settings import RunConfig
 
     img = tiny_isic / SPLITS["train"][0] / "ISIC_0000000.jpg"
     Image.open(img).convert("L").save(img)

@@ -13,10 +13,12 @@ import zipfile
 
 import pytest
 
-from helpers import download, experiment, paths, reproduce
+from helpers import data, download, paths
+from helpers.tools import reproduce
 from helpers.folders import SPLITS
 from helpers.errors import DataError
-from helpers.experiment import RunConfig, resolve_source
+from helpers.data import resolve_source
+from helpers.settings import RunConfig
 
 from conftest import write_pair
 from test_download import Handler, no_proxy, server  # noqa: F401 (fixtures)
@@ -107,7 +109,7 @@ def test_auto_falls_back_to_synthetic_within_seconds(isolated, server, how, monk
     assert decision.startswith("data: SYNTHETIC demo set, because") and "make data" in decision
     assert ("HTTP 403" in decision) if how == "refused" else ("did not answer" in decision)
     assert probe_seconds < 10  # the probe gives up after PROBE_TIMEOUT; then 12 tiny synthetic images are written
-    assert experiment.PROBE_TIMEOUT <= 5
+    assert data.PROBE_TIMEOUT <= 5
 
 
 def test_isic2016_fails_clearly_when_it_cannot_download(isolated):
@@ -145,7 +147,7 @@ def test_main_job_downloads_and_hands_the_downloaded_data_to_every_notebook(serv
     assert [name for name, _ in given] == list(reproduce.NOTEBOOKS)
     for _, parameters in given:
         assert parameters["DATA"] == "isic2016" and parameters["DATA_DIR"] == str(paths.ISIC2016)
-    d = experiment.prepare_data(dataclasses.replace(cfg, data="isic2016", data_dir=str(paths.ISIC2016)), log=print)
+    d = data.prepare_data(dataclasses.replace(cfg, data="isic2016", data_dir=str(paths.ISIC2016)), log=print)
     assert (len(d.train), len(d.test), d.scored_name) == (TINY["train"], TINY["test"], "test")
     assert d.label.startswith("ISIC 2016 Part 1") and json.loads((run / "results.json").read_text())
 

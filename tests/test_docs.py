@@ -45,9 +45,9 @@ def test_every_make_target_exists(page):
 
 @pytest.mark.parametrize("page", PAGES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_every_helpers_module_command_exists(page):
-    for name in re.findall(r"python -m helpers\.(\w+)", page.read_text()):
-        source = ROOT / "helpers" / f"{name}.py"
-        assert source.is_file(), f"{page.name}: python -m helpers.{name}: no helpers/{name}.py"
+    for name in re.findall(r"python -m helpers\.([\w.]+\w)", page.read_text()):
+        source = ROOT / "helpers" / f"{name.replace('.', '/')}.py"
+        assert source.is_file(), f"{page.name}: python -m helpers.{name}: no {source.relative_to(ROOT)}"
         assert re.search(r"^def main\(", source.read_text(), re.M), f"helpers/{name}.py has no main()"
         assert '__name__ == "__main__"' in source.read_text(), f"helpers/{name}.py does not run as a module"
 

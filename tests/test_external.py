@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from conftest import external_folders, main_args, write_pair
-from helpers import reproduce
+from helpers.tools import reproduce
 from helpers.errors import DataError
 from helpers.evaluate import main as evaluate_main
 from helpers.external import check_readable, external_sets, find_set, parse_spec

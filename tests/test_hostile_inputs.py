@@ -1,4 +1,4 @@
-"""Odd and hostile files against the readers, `helpers.data check` and the main job: each is read
+"""Odd and hostile files against the readers, `helpers.tools.data check` and the main job: each is read
 correctly or refused in one line naming it; never a traceback, never a half-written output."""
 
 import contextlib
@@ -13,7 +13,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 from PIL import ExifTags, Image
 
-from helpers import cache, data, images, reproduce
+from helpers import cache, images
+from helpers.tools import data as data_cli, reproduce
 from helpers.errors import DataError
 from helpers.folders import SPLITS
 
@@ -50,11 +51,11 @@ def test_odd_files_of_a_training_split_alone_go_through_the_main_job_with_notes_
     split is held out, written to split.json and scored; Model 3's recipe options (augmentation, BCE + Dice,
     cosine, best validation epoch) train on it. What the notebooks do with data is run in this process, as
     notebook 04 runs it (the notebooks themselves run in the tiny pipeline tests), so nothing else trains."""
-    from helpers import experiment
+    from helpers import data, settings, training
 
     root = tmp_path / "clinic"
     expected = _odd_folder(root)
-    assert data.main(["check", str(root), "--quiet", "--image-size", "32"]) == 0
+    assert data_cli.main(["check", str(root), "--quiet", "--image-size", "32"]) == 0
     assert "no problems found (3 warning(s) above" in capsys.readouterr().out
     given = []
     monkeypatch.setattr(reproduce, "run_notebook", lambda source, output, parameters, stream=None:
@@ -87,14 +88,14 @@ def test_odd_files_of_a_training_split_alone_go_through_the_main_job_with_notes_
         str(root), str(tmp_path / "cache"), 4, 3)
 
     # notebook 04's data and training, with the settings it was given (the recipe: the best validation epoch)
-    cfg = experiment.RunConfig.load(parameters["SETTINGS"], data=parameters["DATA"], data_dir=parameters["DATA_DIR"])
-    d = experiment.prepare_data(cfg, log=lambda *a: None)
+    cfg = settings.RunConfig.load(parameters["SETTINGS"], data=parameters["DATA"], data_dir=parameters["DATA_DIR"])
+    d = data.prepare_data(cfg, log=lambda *a: None)
     assert "20% validation split (split seed 0, 3 images)" in d.label and d.scored_name == "validation"
     split = json.loads((run / "split.json").read_text())
     assert sorted(split["train_ids"] + split["validation_ids"]) == [f"ISIC_{i:07d}" for i in range(15)]  # all train
     assert split["n_validation"] == 3 and split["fraction"] == 0.2 and not set(split["train_ids"]) & set(split["validation_ids"])
-    (m3,) = experiment.train_seeds(cfg, d, experiment.new_model(cfg, freeze_encoder=False, decoder="unet"),
-                                   "model3_unet", {**experiment.model3_recipe(cfg), "select": "best"})
+    (m3,) = training.train_seeds(cfg, d, training.new_model(cfg, freeze_encoder=False, decoder="unet"),
+                                   "model3_unet", {**settings.model3_recipe(cfg), "select": "best"})
     assert m3["metrics"]["recipe"]["select"] == "best" and m3["metrics"]["selected_on_scored_split"] is True
     assert m3["metrics"]["n_test"] == 3 and m3["metrics"]["scored_split"] == "validation"
     history = json.loads((run / "model3_unet" / "seed0" / "history.json").read_text())
@@ -174,7 +175,7 @@ def test_check_and_the_cache_give_one_named_error_line_and_no_partial_file(raw, 
         path.write_bytes(raw)
         out, err = io.StringIO(), io.StringIO()
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            status = data.main(["check", str(root), "--quiet"])
+            status = data_cli.main(["check", str(root), "--quiet"])
         assert status in (0, 1) and "Traceback" not in err.getvalue() + out.getvalue()
         if status == 0:
             assert err.getvalue() == ""
@@ -197,7 +198,7 @@ def test_check_and_the_cache_give_one_named_error_line_and_no_partial_file(raw, 
 def test_every_reader_opens_files_through_helpers_images():
     """One place opens image files (a new Image.open elsewhere would bypass the pixel limit and the notes)."""
     helpers_dir = Path(images.__file__).parent
-    opening = [p.name for p in sorted(helpers_dir.glob("*.py")) if "Image.open(" in p.read_text()]
+    opening = [p.name for p in sorted(helpers_dir.rglob("*.py")) if "Image.open(" in p.read_text()]
     assert opening == ["images.py"]
 
 
@@ -206,7 +207,7 @@ def test_a_raised_pixel_limit_goes_to_every_notebook_that_reads_images(tmp_path)
     which the headless run passes each notebook), so a raised limit holds after training too."""
     import papermill as pm
 
-    from helpers.experiment import RunConfig
+    from helpers.settings import RunConfig
     from nbtiny import NOTEBOOKS
 
     cfg = RunConfig(max_pixels=300_000_000, run_dir=str(tmp_path))

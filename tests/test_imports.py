@@ -7,9 +7,13 @@ PACKAGE = Path(__file__).resolve().parent.parent / "helpers"
 
 
 def _modules(package: Path) -> dict[str, Path]:
-    """'helpers.x' -> its file, for every module of the package ('helpers' for __init__.py)."""
-    return {package.name if p.stem == "__init__" else f"{package.name}.{p.stem}": p
-            for p in sorted(package.glob("*.py"))}
+    """'helpers.x' -> its file, for every module of the package and its subpackages ('helpers' for
+    __init__.py, 'helpers.tools.lab' for tools/lab.py)."""
+    out = {}
+    for p in sorted(package.rglob("*.py")):
+        parts = [package.name, *p.relative_to(package).with_suffix("").parts]
+        out[".".join(parts[:-1] if parts[-1] == "__init__" else parts)] = p
+    return out
 
 
 def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
@@ -27,7 +31,7 @@ def import_graph(package: Path = PACKAGE) -> dict[str, set[str]]:
                 if node.level:
                     parent = here.rsplit(".", node.level - 1)[0]
                     base = f"{parent}.{base}" if base else parent
-                # `from helpers import data` imports the module helpers.data; `from .data import X` imports helpers.data
+                # `from helpers import data` imports the module helpers.tools.data; `from .data import X` imports helpers.tools.data
                 targets = [f"{base}.{alias.name}" if f"{base}.{alias.name}" in modules else base
                            for alias in node.names]
             else:
@@ -81,4 +85,19 @@ def test_the_graph_reader_sees_every_kind_of_import(tmp_path):
 
 def test_synthetic_and_download_do_not_import_the_command_line():
     graph = import_graph()
-    assert "helpers.data" not in graph["helpers.synthetic"] | graph["helpers.download"]
+    assert "helpers.tools.data" not in graph["helpers.synthetic"] | graph["helpers.download"]
+
+
+def test_the_tools_sit_apart_from_what_the_notebooks_import():
+    """helpers.tools (the headless run, the lab, the ablation, the benchmark, the data command line) builds on
+    the library; no library module and no notebook imports a tool."""
+    import json
+
+    graph = import_graph()
+    tools = {m for m in graph if m.startswith("helpers.tools")}
+    assert {"helpers.tools.reproduce", "helpers.tools.lab", "helpers.tools.ablation", "helpers.tools.bench"} <= tools
+    library = {m: deps for m, deps in graph.items() if m not in tools}
+    assert not {m: deps & tools for m, deps in library.items() if deps & tools}
+    for nb in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
+        code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
+        assert "helpers.tools" not in code and "helpers import" in code, nb.name

@@ -6,7 +6,8 @@ import urllib.request
 
 import pytest
 
-from helpers import paths, reproduce
+from helpers import paths
+from helpers.tools import reproduce
 
 from conftest import lab_api, running_lab
 
@@ -40,7 +41,7 @@ def test_jupyterlab_serves_the_notebooks_and_a_project_kernel(lab):
     try:
         client.wait_for_ready(timeout=60)
         reply = client.execute_interactive(
-            "import sys, helpers.experiment; print(sys.prefix)", timeout=60,
+            "import sys, helpers.training; print(sys.prefix)", timeout=60,
             output_hook=lambda msg: outputs.append(msg["content"]["text"])
             if msg["content"].get("name") == "stdout" else None)
     finally:
@@ -54,7 +55,7 @@ def test_jupyterlab_serves_the_notebooks_and_a_project_kernel(lab):
 def test_lab_works_on_copies_without_outputs_and_keeps_a_copy_you_worked_in(tmp_path):
     import nbformat
 
-    from helpers.lab import working_copies
+    from helpers.tools.lab import working_copies
 
     source, work, said = tmp_path / "notebooks", tmp_path / "lab", []
     source.mkdir()

@@ -4,7 +4,7 @@ frontend a person watches (one that takes input), plain lines and no extra outpu
 import pytest
 from jupyter_client import KernelManager
 
-from helpers.reproduce import KERNEL_CONFIG
+from helpers.tools.reproduce import KERNEL_CONFIG
 
 WIDGET = "application/vnd.jupyter.widget-view+json"
 CODE = """

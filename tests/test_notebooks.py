@@ -20,10 +20,10 @@ import pytest
 import torch
 from PIL import Image
 
-from helpers import reproduce
+from helpers.tools import reproduce
 from helpers.errors import ProjectError
 from helpers.folders import list_split
-from helpers.experiment import RunConfig
+from helpers.settings import RunConfig
 
 from conftest import main_args
 from nbtiny import NOTEBOOKS, ROOT, figure_names, is_checked, parameterized_copies, tiny_injection, tiny_parameters

@@ -57,7 +57,7 @@ def test_outputs_are_written_only_through_temporary_names():
     from pathlib import Path
 
     helpers_dir = Path(io.__file__).parent
-    for path in sorted(helpers_dir.glob("*.py")):
+    for path in sorted(helpers_dir.rglob("*.py")):
         if path.name == "io.py":
             continue
         source = path.read_text()
@@ -74,10 +74,10 @@ def test_loss_curves_name_the_split_and_a_training_loss_that_is_not_bce():
     history = [{"epoch": e, "train_loss": 1 / e, "val_loss": 1.2 / e} for e in (1, 2, 3)]
     fig = plots.loss_curves({"m": history}, "note", objectives={"m": "BCE + soft Dice"})
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == ["train (BCE + soft Dice)", "validation"]
-    from helpers import experiment
+    from helpers import training
 
     runs = {"a": {"history": history, "metrics": {"recipe": {"loss": "bce_dice"}}},
             "b": {"history": history, "metrics": {}}}  # a run saved before recipes were recorded
-    fig = experiment.loss_figure(runs, "note", "t")
+    fig = training.loss_figure(runs, "note", "t")
     assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
         "a: train (BCE + soft Dice)", "a: validation", "b: train", "b: validation"]

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from helpers import data
+from helpers.tools import data
 from helpers.progress import plural, progress_bar
 
 
@@ -96,7 +96,7 @@ def test_check_command_piped_writes_plain_progress_lines(tiny_isic, capsys):
 
 def test_helpers_shows_progress_only_through_progress_bar():
     package = Path(__file__).resolve().parent.parent / "helpers"
-    users = sorted(p.name for p in package.glob("*.py") if re.search(r"^\s*(from|import) tqdm", p.read_text(), re.M))
+    users = sorted(p.name for p in package.rglob("*.py") if re.search(r"^\s*(from|import) tqdm", p.read_text(), re.M))
     assert users == ["progress.py"]
 
 

@@ -170,16 +170,16 @@ def test_keeping_weight_averages_does_not_change_the_training(splits, tmp_path):
 
 def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_frozen_bn_and_deep_supervision(
         tiny_isic, tmp_path):
-    from helpers import experiment
+    from helpers import data, training
     from helpers.settings import RunConfig, model3_recipe
 
     c = RunConfig(data="auto", data_dir=str(tiny_isic), image_size=32, epochs=1, run_dir=str(tmp_path / "run"),
                   cache_dir=str(tmp_path / "cache"), progress=False, encoder_weights=None,
                   m3_recipe="strong")  # BatchNorm frozen, 2 x epochs, deep supervision, half the rate
     recipe = {**model3_recipe(c), "loss": "bce_lovasz", "select": "ema"}  # a recipe of the ablation's
-    d = experiment.prepare_data(c, log=lambda line: None)
-    model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
-    result = experiment.train_and_evaluate(c, d, model, "model3_unet", recipe=recipe)
+    d = data.prepare_data(c, log=lambda line: None)
+    model = training.new_model(c, freeze_encoder=False, decoder="unet")
+    result = training.train_and_evaluate(c, d, model, "model3_unet", recipe=recipe)
     assert result["metrics"]["recipe"]["loss"] == "bce_lovasz" and result["metrics"]["recipe"]["select"] == "ema"
     assert result["metrics"]["recipe"]["preset"] == "strong" and len(result["history"]) == 2
     ckpt = torch.load(tmp_path / "run" / "model3_unet" / "seed0" / "checkpoint.pt", weights_only=True)
@@ -188,7 +188,7 @@ def test_the_main_job_trains_model3_with_the_lovasz_loss_the_weight_average_froz
     assert result["metrics"]["recipe"]["deep_supervision"] == 0.5 and ckpt["settings"]["deep_supervision"] == 0.5
     assert result["metrics"]["recipe"]["lr"] == 0.0005 and ckpt["settings"]["lr"] == 0.0005  # half of LR
     assert result["metrics"]["training"]["optimizer"] == "NAdam" and result["metrics"]["training"]["lr"] == 0.0005
-    assert ckpt["model"].keys() == experiment.new_model(c, freeze_encoder=False, decoder="unet").state_dict().keys()
+    assert ckpt["model"].keys() == training.new_model(c, freeze_encoder=False, decoder="unet").state_dict().keys()
     assert all(torch.equal(v, ckpt["ema"]["averages"][0][k]) for k, v in ckpt["model"].items())
     with pytest.raises(ValueError, match="m3_recipe must be one of"):
         RunConfig(m3_recipe="best")
@@ -221,7 +221,7 @@ def test_the_named_recipes_set_what_they_say():
 
 
 def test_the_main_job_takes_the_named_recipe_and_the_tta_mode_from_its_command_line():
-    from helpers.reproduce import build_parser, notebook_parameters
+    from helpers.tools.reproduce import build_parser, notebook_parameters
     from helpers.settings import RunConfig
 
     args = build_parser().parse_args(["--m3-recipe", "strong", "--tta", "dihedral", "--m3-epochs", "7"])

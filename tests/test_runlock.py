@@ -11,17 +11,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import cache, reproduce
+from helpers import cache
+from helpers.tools import reproduce
 from helpers.errors import ProjectError
 from helpers.folders import DataWarning
-from helpers.runlock import RunFolderBusy, hold_run_folder, lock_path
+from helpers.tools.runlock import RunFolderBusy, hold_run_folder, lock_path
 
 from conftest import write_pair
 
 ROOT = Path(__file__).resolve().parent.parent
 ENV = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
 HOLD = """import sys, time
-from helpers.runlock import hold_run_folder
+from helpers.tools.runlock import hold_run_folder
 with hold_run_folder(sys.argv[1]):
     print("held", flush=True)
     time.sleep(600)
@@ -76,7 +77,7 @@ def test_a_second_reproduce_on_the_same_run_folder_refuses_at_once(tmp_path, cap
             "none", "--runs-dir", str(tmp_path / "runs"), "--figures-dir", str(tmp_path / "figures"), "--cache-dir",
             str(tmp_path / "cache"), "--no-html", "--name", "twice"]
     run = tmp_path / "runs" / "twice"
-    first = subprocess.Popen([sys.executable, "-m", "helpers.reproduce", *args], cwd=ROOT, env=ENV,
+    first = subprocess.Popen([sys.executable, "-m", "helpers.tools.reproduce", *args], cwd=ROOT, env=ENV,
                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         deadline = time.monotonic() + 120

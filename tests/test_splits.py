@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from helpers import experiment
+from helpers import data, settings, training
 from helpers.errors import DataError, ProjectError
-from helpers.experiment import RunConfig
+from helpers.settings import RunConfig
 from helpers.splits import holdout, split_record, write_split
 
 IDS = [f"ISIC_{i:07d}" for i in range(50)]
@@ -60,34 +60,34 @@ def cfg(tmp_path, root, **kw):
 
 
 def test_a_folder_without_test_split_is_scored_on_a_held_out_validation_split(tmp_path, train_only):
-    d = experiment.prepare_data(cfg(tmp_path, train_only), log=lambda line: None)
+    d = data.prepare_data(cfg(tmp_path, train_only), log=lambda line: None)
     assert d.test is None and d.scored is d.val and d.scored_name == "validation"
     assert len(d.val) == 2 and len(d.train) == 8 and not set(d.val.ids) & set(d.train.ids)
     saved = json.loads((tmp_path / "run" / "split.json").read_text())
     assert saved["validation_ids"] == d.val.ids and saved["train_ids"] == d.train.ids and saved["seed"] == 0
     assert "20% validation split (split seed 0, 2 images)" in d.label and "(clinic)" in d.label
-    again = experiment.prepare_data(cfg(tmp_path, train_only), log=lambda line: None)
+    again = data.prepare_data(cfg(tmp_path, train_only), log=lambda line: None)
     assert again.val.ids == d.val.ids and (again.val.images == d.val.images).all()
-    summary = experiment.dataset_summary(d)
+    summary = data.dataset_summary(d)
     assert summary["validation"]["images"] == 2 and "test" not in summary
 
 
 def test_the_reports_protocol_stays_the_default_with_a_test_split(tmp_path, tiny_isic):
-    d = experiment.prepare_data(cfg(tmp_path, tiny_isic), log=lambda line: None)
+    d = data.prepare_data(cfg(tmp_path, tiny_isic), log=lambda line: None)
     assert d.val is None and d.scored is d.test and d.scored_name == "test" and len(d.train) == 6
     assert not (tmp_path / "run" / "split.json").exists()
-    held = experiment.prepare_data(cfg(tmp_path, tiny_isic, val_fraction=0.5, split_seed=2), log=lambda line: None)
+    held = data.prepare_data(cfg(tmp_path, tiny_isic, val_fraction=0.5, split_seed=2), log=lambda line: None)
     assert held.scored is held.test and len(held.val) == 3 and len(held.train) == 3
 
 
 def test_no_split_to_score_is_refused(tmp_path, train_only):
     with pytest.raises(DataError, match="nothing to score"):
-        experiment.prepare_data(cfg(tmp_path, train_only, val_fraction=0.0), log=lambda line: None)
+        data.prepare_data(cfg(tmp_path, train_only, val_fraction=0.0), log=lambda line: None)
 
 
 def test_best_epoch_selection_needs_a_validation_split(tmp_path, tiny_isic):
     c = cfg(tmp_path, tiny_isic, encoder_weights=None, epochs=1)
-    d = experiment.prepare_data(c, log=lambda line: None)
-    model = experiment.new_model(c, freeze_encoder=False, decoder="unet")
+    d = data.prepare_data(c, log=lambda line: None)
+    model = training.new_model(c, freeze_encoder=False, decoder="unet")
     with pytest.raises(DataError, match="needs a validation split"):
-        experiment.train_and_evaluate(c, d, model, "model3_unet", recipe={**experiment.model3_recipe(c), "select": "best"})
+        training.train_and_evaluate(c, d, model, "model3_unet", recipe={**settings.model3_recipe(c), "select": "best"})

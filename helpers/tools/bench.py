@@ -1,6 +1,6 @@
 """Training throughput against the model's own compute limit, on one machine in one run.
 
-    python -m helpers.bench [--image-size 128] [--batch-size 16] [--images 64] [--test-images 16]
+    python -m helpers.tools.bench [--image-size 128] [--batch-size 16] [--images 64] [--test-images 16]
                             [--source-size 2048x1536 [WxH ...] | --sweep | --data ROOT]
                             [--steps 10] [--warmup 2] [--repeats 3]
                             [--json runs/bench.json] [--device auto] [--amp auto] [--channels-last auto]
@@ -42,16 +42,16 @@ from pathlib import Path
 
 import torch
 
-from . import paths
-from .cache import FileSegmentation, TensorSegmentation, load_cached
-from .folders import list_split
-from .errors import ProjectError
-from .evaluate import evaluate_checkpoint
-from .io import write_json
-from .model import REPORT_CHANNELS, build_model
-from .recipe import augment_batch
-from .synthetic import _size_arg, write_synthetic_dataset
-from .train import (amp_name, load_checkpoint, make_loader, resolve_channels_last, resolve_device, save_run,
+from .. import paths
+from ..cache import FileSegmentation, TensorSegmentation, load_cached
+from ..folders import list_split
+from ..errors import ProjectError
+from ..evaluate import evaluate_checkpoint
+from ..io import write_json
+from ..model import REPORT_CHANNELS, build_model
+from ..recipe import augment_batch
+from ..synthetic import _size_arg, write_synthetic_dataset
+from ..train import (amp_name, load_checkpoint, make_loader, resolve_channels_last, resolve_device, save_run,
                     train_one_epoch)
 
 SWEEP = ((1024, 768), (2048, 1536), (4288, 2848))
@@ -252,7 +252,7 @@ def run_bench(source_sizes, *, image_size: int = 128, batch_size: int = 16, imag
 
 def main(argv: list[str] | None = None) -> int:
     """Command line; a ProjectError becomes one line on stderr and exit status 1."""
-    parser = argparse.ArgumentParser(prog="python -m helpers.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m helpers.tools.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--images", type=int, default=64, help="training images of the temporary set (default 64)")

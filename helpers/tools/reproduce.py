@@ -1,6 +1,6 @@
 """The headless run: execute the five notebooks in order with papermill, then report.
 
-    python -m helpers.reproduce [--data auto|isic2016|synthetic] [--epochs 25] [--name default] ...
+    python -m helpers.tools.reproduce [--data auto|isic2016|synthetic] [--epochs 25] [--name default] ...
 
 Writes ``runs/<name>/``: the executed notebooks, each model's history, per-image CSV, checkpoint
 and metrics, ``results.json`` (every headline number with the settings, versions, device and data
@@ -27,16 +27,17 @@ import warnings
 from dataclasses import fields
 from pathlib import Path
 
-from . import paths
-from .errors import ProjectError
-from .experiment import (DATA_WARNINGS, M3_RECIPES, RunConfig, check_data, environment, find_external, resolve_source,
-                         write_data_warnings)
-from .evaluate import TTA_MODES
-from .external import parse_spec
-from .io import write_json, write_text
-from .model import WeightsWarning, load_encoder_features, weights_argument
+from .. import paths
+from ..errors import ProjectError
+from ..data import DATA_WARNINGS, check_data, find_external, resolve_source, write_data_warnings
+from ..settings import M3_RECIPES, RunConfig
+from ..training import environment
+from ..evaluate import TTA_MODES
+from ..external import parse_spec
+from ..io import write_json, write_text
+from ..model import WeightsWarning, load_encoder_features, weights_argument
 from .runlock import hold_run_folder
-from .train import resolve_device
+from ..train import resolve_device
 
 NOTEBOOKS = ("01_data_exploration.ipynb", "02_model1_frozen_encoder.ipynb", "03_model2_finetuned.ipynb",
              "04_model3_unet_decoder.ipynb", "05_comparison.ipynb")  # in numbered order; 05 reads 02, 03 and 04
@@ -109,7 +110,7 @@ def run_notebook(source: Path, output: Path, parameters: dict, kernel_name: str 
     missing = sorted(set(declared) - set(parameters))
     if missing:
         raise ProjectError(f"{source}: the parameters cell declares {', '.join(missing)}, which the headless run "
-                           "does not set (helpers.reproduce.notebook_parameters)")
+                           "does not set (helpers.tools.reproduce.notebook_parameters)")
     parameters = {k: v for k, v in parameters.items() if k in declared}
     output.parent.mkdir(parents=True, exist_ok=True)
     config = Config(KERNEL_CONFIG)
@@ -190,8 +191,8 @@ def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
 def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
     """results.json: every model's headline numbers (mean, sd and per seed, at the working and the
     original resolution), settings, data source, device, versions, comparisons and figures."""
-    from .compare import generalization_table, paired_by_seed, paired_table
-    from .experiment import load_result
+    from ..compare import generalization_table, paired_by_seed, paired_table
+    from ..training import load_result
 
     results = {name: load_result(cfg.run_path, name) for name in MODELS}
     external = next((r["external"]["sets"] for r in results.values() if r.get("external")), [])
@@ -287,7 +288,7 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
 
 def build_parser() -> argparse.ArgumentParser:
     d = RunConfig()
-    p = argparse.ArgumentParser(prog="python -m helpers.reproduce", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m helpers.tools.reproduce", description=__doc__.split("\n\n")[0])
     p.add_argument("--data", default=d.data, choices=("auto", "isic2016", "synthetic"),
                    help="auto: ISIC 2016 when present, else synthetic; isic2016 fails if absent")
     p.add_argument("--data-dir", default=None, help="data folder (default data/isic2016 or data/synthetic)")

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-from .errors import ProjectError
+from ..errors import ProjectError
 
 
 class RunFolderBusy(ProjectError):

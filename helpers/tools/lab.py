@@ -1,6 +1,6 @@
 """JupyterLab on working copies of the notebooks, so a session never changes the committed ones.
 
-    python -m helpers.lab [JUPYTER LAB OPTIONS]      (what `make lab` runs)
+    python -m helpers.tools.lab [JUPYTER LAB OPTIONS]      (what `make lab` runs)
 
 The committed notebooks in ``notebooks/`` are what papermill runs and nbval checks: they carry no
 outputs but those of the nbval-checked cells. JupyterLab saves every output into the file it has
@@ -18,8 +18,8 @@ from pathlib import Path
 
 import nbformat
 
-from . import paths
-from .io import write_text
+from .. import paths
+from ..io import write_text
 from .reproduce import KERNEL_CONFIG, NOTEBOOKS
 
 SOURCE_KEY = "copied_from"  # notebook metadata: the source notebook and its SHA-256 when copied
@@ -66,7 +66,7 @@ def lab_command(args: list[str], work: Path = paths.LAB) -> list[str]:
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    parser = argparse.ArgumentParser(prog="python -m helpers.lab", description=__doc__.split("\n\n")[0],
+    parser = argparse.ArgumentParser(prog="python -m helpers.tools.lab", description=__doc__.split("\n\n")[0],
                                      epilog="Every other option goes to jupyter lab.")
     parser.add_argument("--work-dir", default=str(paths.LAB), help="the working copies' folder (default lab/)")
     args, rest = parser.parse_known_args(sys.argv[1:] if argv is None else argv)

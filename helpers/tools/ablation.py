@@ -1,6 +1,6 @@
 """Model 3's recipe, one ingredient at a time: validation Jaccard per variant over seeds, and its cost.
 
-    python -m helpers.ablation --data-dir ROOT --encoder-weights W [--variants report full ...]
+    python -m helpers.tools.ablation --data-dir ROOT --encoder-weights W [--variants report full ...]
                                [--seeds 0 1] [--val-fraction 0.2] [--split-seed 0] [--out runs/ablation]
 
 Every variant trains on the training ids of one seeded validation split (:mod:`helpers.splits`) and is
@@ -35,16 +35,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from . import paths
-from .cache import TensorSegmentation, load_dataset
-from .errors import ProjectError
-from .evaluate import evaluate_checkpoint
-from .experiment import subset
-from .folders import SPLITS, list_split
-from .io import atomic_path, read_csv, write_json, write_text
-from .model import build_model, weights_argument
-from .splits import holdout, split_record, write_split
-from .train import fit
+from .. import paths
+from ..cache import TensorSegmentation, load_dataset
+from ..errors import ProjectError
+from ..evaluate import evaluate_checkpoint
+from ..data import subset
+from ..folders import SPLITS, list_split
+from ..io import atomic_path, read_csv, write_json, write_text
+from ..model import build_model, weights_argument
+from ..splits import holdout, split_record, write_split
+from ..train import fit
 
 # Model 3 trained with the report's recipe; every variant changes some of these
 BASE = {"decoder": "unet", "image_size": 128, "epochs": 25, "augment": "off", "loss": "bce", "schedule": "constant",
@@ -271,7 +271,7 @@ def markdown(rows: list[dict], header: str, by_epoch: list[dict] = ()) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m helpers.ablation", description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="python -m helpers.tools.ablation", description=__doc__.split("\n\n")[0])
     p.add_argument("--data-dir", required=True, type=Path, help="a folder with the ISIC 2016 training layout")
     p.add_argument("--encoder-weights", default="imagenet", help="imagenet, none, or a .pth path")
     p.add_argument("--variants", nargs="+", default=["report", "full"],
