@@ -42,6 +42,8 @@ def pytest_collection_modifyitems(config, items):
         if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
             item.add_marker(pytest.mark.xdist_group("headless_run"))
+    # the tiny main job's group first: it is the longest chain of the suite, so one worker starts on it at once
+    items.sort(key=lambda item: not SLOW_FIXTURES & set(getattr(item, "fixturenames", ())))
     return (yield)
 
 

@@ -67,6 +67,8 @@ def test_headless_pipeline_writes_every_output(headless_run, capsys):
     assert err == "", err
     lines = out.splitlines()
     assert [line.split(":")[0] for line in lines if ".ipynb: done in" in line] == list(reproduce.NOTEBOOKS)
+    # interrupted in 02 before, this rerun takes 01 as it was executed then
+    assert "01_data_exploration.ipynb: done in an earlier run (" in out and "02_model1_frozen_encoder.ipynb: done in an earlier" not in out
     assert len(lines) == len(reproduce.NOTEBOOKS) + 9, out  # + the synthetic set, the data decision, 2 external sets, the resume line, 4 summary lines
     run = tmp_path / "runs" / "t"
     log = reproduce.output_log(run).read_text()
@@ -226,12 +228,62 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
     assert (backup / "results.json").is_file() and any(f"moved the earlier {run} to {backup}" in x for x in lines)
     # the notebooks start from an empty folder: nothing in it but the new run's output log and settings
     assert [name for name, _ in seen] == list(reproduce.NOTEBOOKS)
-    assert all(files == ["notebooks", "output.log", "settings.json"] for _, files in seen), seen
+    assert all(files == ["notebooks", "output.log", "settings.json"] or files[:2] == ["finished.json", "notebooks"]
+               for _, files in seen), seen
     # an unfinished run folder (no results.json) is kept and resumed, not moved
     (run / "results.json").unlink()
     lines.clear()
     reproduce.reproduce(cfg, html=False, log=lines.append)
     assert any("unfinished run found" in x for x in lines) and len(list(tmp_path.joinpath("runs").iterdir())) == 2
+
+
+def test_a_resumed_run_does_not_execute_again_the_notebooks_that_finished(tmp_path, monkeypatch):
+    """Interrupted in 03, the rerun reuses 01 and 02 as they were executed; a damaged executed copy, another
+    setting or another notebook source runs that notebook again, and every notebook after it."""
+    run = tmp_path / "runs" / "r"
+    ran, stop = [], {"at": "03_model2_finetuned.ipynb"}
+
+    def fake_notebook(source, output, parameters, stream=None):
+        if source.name == stop.get("at"):
+            raise KeyboardInterrupt
+        ran.append(source.name)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(f"executed {source.name}")
+        return 2.0
+
+    monkeypatch.setattr(reproduce, "run_notebook", fake_notebook)
+    monkeypatch.setattr(reproduce, "collect_results", lambda *a: {})
+    p = tiny_parameters(tmp_path)
+    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
+                    epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(run),
+                    figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+    with pytest.raises(KeyboardInterrupt):
+        reproduce.reproduce(cfg, html=False, log=lambda *a: None)
+    assert ran == list(reproduce.NOTEBOOKS[:2])
+    ran.clear(), stop.clear()
+    lines = []
+    reproduce.reproduce(cfg, html=False, log=lines.append)
+    assert ran == list(reproduce.NOTEBOOKS[2:])
+    assert [x for x in lines if "done in" in x][:3] == [
+        "01_data_exploration.ipynb: done in an earlier run (2 s), not run again",
+        "02_model1_frozen_encoder.ipynb: done in an earlier run (2 s), not run again",
+        "03_model2_finetuned.ipynb: done in 2 s"]
+    # unfinished again, with 02's executed copy damaged: 02 and everything after it run again
+    (run / "results.json").unlink()
+    (run / "notebooks" / reproduce.NOTEBOOKS[1]).write_text("half a notebook")
+    ran.clear()
+    reproduce.reproduce(cfg, html=False, log=lambda *a: None)
+    assert ran == list(reproduce.NOTEBOOKS[1:])
+    # another setting: every notebook runs again
+    (run / "results.json").unlink()
+    ran.clear()
+    reproduce.reproduce(RunConfig(**{**cfg.__dict__, "tta": "flips"}), html=False, log=lambda *a: None)
+    assert ran == list(reproduce.NOTEBOOKS)
+    (run / "notebooks" / reproduce.FINISHED).write_text("{not json")  # an unreadable record: everything runs
+    (run / "results.json").unlink()
+    ran.clear()
+    reproduce.reproduce(RunConfig(**{**cfg.__dict__, "tta": "flips"}), html=False, log=lambda *a: None)
+    assert ran == list(reproduce.NOTEBOOKS)
 
 
 def test_ctrl_c_says_how_to_resume(tmp_path, monkeypatch, capsys):

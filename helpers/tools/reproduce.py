@@ -8,8 +8,10 @@ source) and ``report.html`` (all executed notebooks in one page); and every figu
 ``figures/``. A failing notebook stops the run, naming the notebook and the cell; its partial
 executed copy stays in ``runs/<name>/notebooks/`` for inspection.
 
-Rerunning the same command after an interruption resumes: finished trainings are reused and an
-interrupted one continues after its last complete epoch (:mod:`helpers.checkpoint`). A finished
+Rerunning the same command after an interruption resumes: the notebooks that had finished are not
+executed again (their executed copies are kept, checked unchanged, and their parameters and sources
+the same: ``notebooks/finished.json``), finished trainings are reused and an interrupted one
+continues after its last complete epoch (:mod:`helpers.checkpoint`). A finished
 run (results.json) is refused unless ``--overwrite``, which first moves the old run folder aside to
 ``<name>.replaced-<date>-<time>`` (nothing is deleted).
 """
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -215,6 +218,35 @@ def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
             "figures": [str(cfg.figure(f)) for f in FIGURES]}
 
 
+FINISHED = "finished.json"  # in runs/<NAME>/notebooks/: the notebooks this run has executed to the end
+
+
+def notebook_key(source: Path, parameters: dict) -> str:
+    """What makes an executed notebook this run's: the source notebook's bytes and the parameters it was given."""
+    text = json.dumps(parameters, sort_keys=True, default=str).encode() + source.read_bytes()
+    return hashlib.sha256(text).hexdigest()
+
+
+def file_digest(path: Path) -> str | None:
+    """sha256 of a file, or None when it cannot be read."""
+    try:
+        return hashlib.sha256(path.read_bytes()).hexdigest()
+    except OSError:
+        return None
+
+
+def read_finished(run: Path) -> dict:
+    """{notebook: {"key", "executed", "seconds"}} of the notebooks an earlier try of this run executed to the
+    end; {} when there is none, or the record cannot be read (then every notebook runs again)."""
+    try:
+        saved = json.loads((run / "notebooks" / FINISHED).read_text())
+    except (OSError, ValueError):
+        return {}
+    ok = isinstance(saved, dict) and all(isinstance(v, dict) and {"key", "executed", "seconds"} <= set(v)
+                                         for v in saved.values())
+    return saved if ok else {}
+
+
 def output_log(run: Path) -> Path:
     """Where a headless run keeps what its notebooks printed."""
     return run / "notebooks" / "output.log"
@@ -271,12 +303,26 @@ def reproduce(cfg: RunConfig, overwrite: bool = False, html: bool = True, log=pr
     parameters = notebook_parameters(cfg)
     timings, executed = {}, []
     (run / "notebooks").mkdir(parents=True, exist_ok=True)
+    finished, ran = read_finished(run), False
     with open(output_log(run), "a", encoding="utf-8") as stream:  # appended to: a resumed run keeps the earlier lines
         for name in NOTEBOOKS:
-            out = run / "notebooks" / name
+            source, out = Path(notebooks_dir) / name, run / "notebooks" / name
+            key = notebook_key(source, parameters)
+            earlier = finished.get(name)
+            # a resumed run does not execute again the notebooks that finished before the interruption, as
+            # long as each one before it did not run either (a later notebook reads what an earlier one saved)
+            if not ran and earlier and earlier["key"] == key and earlier["executed"] and \
+                    file_digest(out) == earlier["executed"]:
+                timings[name] = earlier["seconds"]
+                executed.append(out)
+                log(f"{name}: done in an earlier run ({timings[name]:.0f} s), not run again")
+                continue
+            ran = True
             stream.write(f"==> {name}\n")
-            timings[name] = round(run_notebook(Path(notebooks_dir) / name, out, parameters, stream=stream), 1)
+            timings[name] = round(run_notebook(source, out, parameters, stream=stream), 1)
             executed.append(out)
+            finished[name] = {"key": key, "executed": file_digest(out), "seconds": timings[name]}
+            write_json(run / "notebooks" / FINISHED, finished)
             log(f"{name}: done in {timings[name]:.0f} s")
     results = collect_results(cfg, timings, decision)
     results["data_warnings"] = n_warnings
