@@ -202,6 +202,17 @@ def test_asking_for_absent_isic_data_fails_at_once(tmp_path, capsys):
     assert not (tmp_path / "runs" / "x").exists()
 
 
+def _with_fake_notebooks(monkeypatch, fake_notebook, tmp_path, run) -> RunConfig:
+    """The main job's notebooks replaced by ``fake_notebook`` (and results.json by {}); the tiny settings
+    with their run folder at ``run``."""
+    monkeypatch.setattr(reproduce, "run_notebook", fake_notebook)
+    monkeypatch.setattr(reproduce, "collect_results", lambda *a: {})
+    p = tiny_parameters(tmp_path)
+    return RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
+                     epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(run),
+                     figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+
+
 def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkeypatch):
     run = tmp_path / "runs" / "o"
     (run / "model2_finetuned" / "seed0").mkdir(parents=True)
@@ -213,12 +224,7 @@ def test_overwrite_moves_the_old_run_aside_and_never_resumes_it(tmp_path, monkey
         seen.append((source.name, sorted(p.name for p in run.rglob("*"))))
         return 0.0
 
-    monkeypatch.setattr(reproduce, "run_notebook", fake_notebook)
-    monkeypatch.setattr(reproduce, "collect_results", lambda *a: {})
-    p = tiny_parameters(tmp_path)
-    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
-                    epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(run),
-                    figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+    cfg = _with_fake_notebooks(monkeypatch, fake_notebook, tmp_path, run)
     with pytest.raises(ProjectError, match="holds a finished run: pass --overwrite"):
         reproduce.reproduce(cfg, html=False, log=lambda *a: None)
     lines = []
@@ -251,12 +257,7 @@ def test_a_resumed_run_does_not_execute_again_the_notebooks_that_finished(tmp_pa
         output.write_text(f"executed {source.name}")
         return 2.0
 
-    monkeypatch.setattr(reproduce, "run_notebook", fake_notebook)
-    monkeypatch.setattr(reproduce, "collect_results", lambda *a: {})
-    p = tiny_parameters(tmp_path)
-    cfg = RunConfig(data="synthetic", data_dir=p["DATA_DIR"], synthetic_train=16, synthetic_test=8, image_size=64,
-                    epochs=1, batch_size=8, device="cpu", encoder_weights=None, run_dir=str(run),
-                    figures_dir=p["FIGURES_DIR"], cache_dir=p["CACHE_DIR"], progress=False)
+    cfg = _with_fake_notebooks(monkeypatch, fake_notebook, tmp_path, run)
     with pytest.raises(KeyboardInterrupt):
         reproduce.reproduce(cfg, html=False, log=lambda *a: None)
     assert ran == list(reproduce.NOTEBOOKS[:2])
