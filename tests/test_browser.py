@@ -75,8 +75,15 @@ def browser():
             b.close()
 
 
-def _rendered_images(page, scope: str) -> list[tuple[int, int]]:
-    """(naturalWidth, naturalHeight) of every image under ``scope``, once each has loaded."""
+def _rendered_images(page, scope: str, expected: int = 0) -> list[tuple[int, int]]:
+    """(naturalWidth, naturalHeight) of every image under ``scope``, once each has loaded. JupyterLab renders
+    a long notebook's outputs a while after it opens: wait up to 30 s for ``expected`` images to be there
+    (fewer are returned as they are, for the caller's assertion to name)."""
+    if expected:
+        try:
+            page.wait_for_function(f"document.querySelectorAll({scope!r}).length >= {expected}", timeout=30_000)
+        except Exception:  # playwright's TimeoutError: the count is checked by the caller
+            pass
     page.wait_for_function(f"[...document.querySelectorAll({scope!r})].every(i => i.complete)")
     return page.eval_on_selector_all(scope, "els => els.map(i => [i.naturalWidth, i.naturalHeight])")
 
@@ -171,8 +178,8 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
         assert not errors, f"{name}: {errors}"
         assert all(c["execution_count"] for c in saved["cells"] if c["cell_type"] == "code"), \
             f"{name}: cells not run: {[c['execution_count'] for c in saved['cells'] if c['cell_type'] == 'code']}"
-        images = _rendered_images(page, f"{NB} .jp-OutputArea-output img")
         live = 1 if name in TRAINING else 0  # the loss curve redrawn in place while training
+        images = _rendered_images(page, f"{NB} .jp-OutputArea-output img", FIGURES[name] + live)
         assert len(images) == FIGURES[name] + live, f"{name}: {len(images)} images"
         assert all(w > 0 and h > 0 for w, h in images), f"{name}: an image of zero size: {images}"
         assert "<Figure size" not in page.inner_text(f"{NB} .jp-Notebook")
@@ -185,7 +192,7 @@ def test_notebooks_in_jupyterlab_show_figures_tables_and_live_training(lab, brow
             continue
         executed = headless_run / "notebooks" / name
         _open_notebook(page, base, token, executed.relative_to(work).as_posix())
-        images = _rendered_images(page, f"{NB} .jp-OutputArea-output img")
+        images = _rendered_images(page, f"{NB} .jp-OutputArea-output img", FIGURES[name])
         assert len(images) == FIGURES[name] and all(w > 0 and h > 0 for w, h in images), (name, images)
         assert not page.locator(f"{NB} .jp-RenderedText[data-mime-type='application/vnd.jupyter.stderr']",
                                 has_text="Traceback").count(), name
