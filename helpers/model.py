@@ -286,3 +286,25 @@ def layer_table(model: SegmentationModel, image_size: int = 128):
                      "trains": "-" if params == 0 else ("yes" if layer.trainable_params == params else
                                                         "no" if layer.trainable_params == 0 else "partly")})
     return pd.DataFrame(rows).set_index("layer")
+
+
+def decoder_facts(model: "SegmentationModel", size: int) -> dict:
+    """Row 5's evidence, read off a model: its decoder's layers in order and the size of its output for one
+    input of ``size`` x ``size`` (each seed's metrics.json keeps it as "architecture"; the scorecard reads it)."""
+    layers = [m for m in model.decoder.modules() if isinstance(m, (nn.ConvTranspose2d, nn.Dropout))]
+    convs, after = 0, []
+    for m in layers:
+        if isinstance(m, nn.ConvTranspose2d):
+            convs += 1
+            after.append(None)
+        elif after and after[-1] is None:
+            after[-1] = m.p
+    was = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            out = model(torch.zeros(1, 3, size, size, device=next(model.parameters()).device))
+    finally:
+        model.train(was)
+    return {"conv_transpose": convs, "dropout_after_each": after, "input": [size, size],
+            "output": list(out.shape[-2:]), "decoder": type(model.decoder).__name__}

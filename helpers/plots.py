@@ -62,30 +62,28 @@ def _np_image(img: torch.Tensor | np.ndarray) -> np.ndarray:
     return arr / 255.0 if arr.dtype == np.uint8 else arr
 
 
-def intensity_histograms(images: torch.Tensor, masks: torch.Tensor, note: str, bins: int = 64) -> Figure:
-    """Report Figure 1. images: uint8 N x 3 x H x W; masks: N x 1 x H x W (0/1).
-
-    Left: the intensity of each colour channel, for lesion pixels (dashed) and for the skin around
-    them (solid), each normalised to unit area, so that the two can be told apart even where one
-    outnumbers the other. Right: how much of each image the lesion covers.
-    """
+def intensity_histograms(facts: dict, note: str) -> Figure:
+    """Report Figure 1, from :func:`helpers.scorecard.data_facts`: left, one histogram of the intensity
+    (0-1) of every pixel of every training image, all three channels pooled, with the peaks the
+    scorecard finds (dashed) and the report's 0.3 and 0.6 (dotted); right, the histogram of the mask
+    values (the share of pixels at each value)."""
     fig = ReportFigure(figsize=(11, 3.8))
-    ax_img, ax_area = fig.subplots(1, 2)
-    lesion = masks[:, 0].bool()
-    for c, colour in enumerate(("red", "green", "blue")):
-        channel = images[:, c]
-        for where, style, label in ((~lesion, "-", "skin"), (lesion, "--", "lesion")):
-            values = channel[where].float().numpy()
-            if values.size:
-                ax_img.hist(values, bins=bins, range=(0, 255), density=True, histtype="step", linestyle=style,
-                            color=colour, linewidth=1.3, label=f"{colour}, {label}")
-    ax_img.set(title=f"Pixel intensities ({len(images)} images)", xlabel="intensity (0-255)", ylabel="density")
-    ax_img.legend(fontsize=7, ncol=2)
-    fraction = masks.float().mean(dim=(1, 2, 3)).numpy()
-    ax_area.hist(fraction, bins=20, range=(0, 1), color="0.35", rwidth=0.9)
-    ax_area.set(title=f"Lesion area per image: mean {fraction.mean():.1%} of the image",
-                xlabel="fraction of the image that is lesion", ylabel="images")
-    return _finish(fig, "Pixel-intensity histograms", note)
+    ax_img, ax_mask = fig.subplots(1, 2)
+    counts, edges = np.asarray(facts["histogram"]["counts"], float), np.asarray(facts["histogram"]["edges"])
+    ax_img.bar(edges[:-1], counts / counts.sum(), width=np.diff(edges), align="edge", color="0.55")
+    for i, p in enumerate(facts["peaks"][:2]):
+        ax_img.axvline(p, color="tab:red", linestyle="--", linewidth=1.2, label="peaks found" if i == 0 else None)
+    for i, p in enumerate((0.3, 0.6)):
+        ax_img.axvline(p, color="k", linestyle=":", linewidth=1.2, label="the report's peaks" if i == 0 else None)
+    ax_img.set(title=f"Image intensities ({facts['train_images']} training images, channels pooled)",
+               xlabel="intensity (0-1)", ylabel="share of pixels", xlim=(0, 1))
+    ax_img.legend(fontsize=8)
+    values = facts["mask_values"]
+    shares = [1 - facts["lesion_pixels"] if v == 0 else facts["lesion_pixels"] if v == 1 else np.nan for v in values]
+    ax_mask.bar(values, shares, width=0.08, color="0.35")
+    ax_mask.set(title="Mask values", xlabel="mask value", ylabel="share of pixels", xlim=(-0.25, 1.25),
+                xticks=[0, 1])
+    return _finish(fig, "Intensity histograms of the images and the masks", note)
 
 
 def sample_grid(images: torch.Tensor, masks: torch.Tensor, ids: Sequence[str], note: str) -> Figure:

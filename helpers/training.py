@@ -20,7 +20,7 @@ from .errors import DataError
 from .io import read_csv, write_csv, write_json
 from .evaluate import evaluate_checkpoint, evaluate_samples, tta_label, tta_mode
 from .external import ExternalSet
-from .model import SegmentationModel, build_model, parameter_counts
+from .model import SegmentationModel, build_model, decoder_facts, parameter_counts
 from .plots import live_loss_curve
 from .settings import RunConfig
 from .train import evaluate, fit, make_loader, resolve_device
@@ -107,7 +107,8 @@ def train_and_evaluate(cfg: RunConfig, d: Data, model: SegmentationModel, name: 
                "selected_on_scored_split": recipe["select"] == "best" and d.scored_name == "validation",
                "macro": metrics.all_metrics(ev["counts"], "macro"),
                "micro": metrics.all_metrics(ev["counts"], "micro"),
-               "test_loss": ev["loss"], "n_test": len(rows), "environment": environment()}
+               "test_loss": ev["loss"], "n_test": len(rows), "architecture": decoder_facts(model, size),
+               "environment": environment()}
     split_folder, ids = ("test", None) if d.test is not None else ("train", list(d.scored.ids))
     for key, tta in scorings(cfg):
         challenge = evaluate_checkpoint(out / "checkpoint.pt", d.root, split_folder, out / key,

@@ -94,6 +94,23 @@ def test_mask_resized_with_nearest_and_stays_binary(tiny_isic):
     assert r["image"].shape == (17, 17, 3)
 
 
+def test_mask_resize_samples_pixels_and_does_not_average_them(tmp_path):
+    """51 -> 17 pixels: nearest-neighbour takes source pixel 3i+1 of every block of three. A mask that is
+    lesion at exactly those pixels (isolated dots, 1 pixel in 9) comes out all lesion; averaging
+    (bilinear) would blur the dots to 1/9 and give all background. The image keeps its bilinear resize."""
+    root = tmp_path / "dots"
+    img_dir, mask_dir = (root / name for name in SPLITS["train"])
+    img_dir.mkdir(parents=True)
+    mask_dir.mkdir(parents=True)
+    mask = np.zeros((51, 51), np.uint8)
+    mask[1::3, 1::3] = 255
+    Image.fromarray(np.stack([mask] * 3, -1)).save(img_dir / "ISIC_0000000.png")
+    Image.fromarray(mask).save(mask_dir / "ISIC_0000000_Segmentation.png")
+    r = folders.load_sample(folders.list_split(root, "train")[0], image_size=17)
+    assert r["mask"].shape == (17, 17) and r["mask"].min() == 1
+    assert r["image"].max() < 128  # the image averaged: its dots blur to about a ninth of 255
+
+
 def test_missing_folder_is_named(tiny_isic):
     folder = tiny_isic / SPLITS["test"][1]
     for f in folder.iterdir():

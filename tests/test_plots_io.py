@@ -3,7 +3,19 @@ import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
-from helpers import io, plots
+from types import SimpleNamespace
+
+from helpers import io, plots, scorecard
+
+
+class _Split:
+    """What scorecard.data_facts reads of a split: its images and masks, and its length."""
+
+    def __init__(self, images, masks):
+        self.images, self.masks = images, masks
+
+    def __len__(self):
+        return len(self.images)
 
 
 @pytest.fixture
@@ -30,7 +42,10 @@ def test_every_figure_names_its_data_source_and_weights(batch, tmp_path):
     note = plots.provenance("SYNTHETIC demo set", "random")
     assert note == "data: SYNTHETIC demo set | encoder weights: random"
     history = [{"epoch": e, "train_loss": 1 / e, "test_loss": 1.2 / e} for e in (1, 2, 3)]
-    _check(plots.intensity_histograms(images, masks, plots.provenance("SYNTHETIC demo set")), tmp_path, "SYNTHETIC")
+    d = SimpleNamespace(source="synthetic", label="SYNTHETIC demo set", val=None, test=None, train=_Split(images, masks))
+    facts = scorecard.data_facts(d, 16)
+    _check(plots.intensity_histograms(facts, plots.provenance("SYNTHETIC demo set")), tmp_path, "SYNTHETIC",
+           "3 training images")
     _check(plots.sample_grid(images, masks, ids, note), tmp_path, "SYNTHETIC", "ISIC_0000002")
     _check(plots.loss_curves({"m": history}, note), tmp_path, "encoder weights: random")
     _check(plots.predictions(images.float() / 255, masks, masks, ids, [0.9, 0.5, 0.1], "best", note),

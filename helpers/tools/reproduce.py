@@ -192,9 +192,11 @@ def export_html(notebooks: list[Path], path: Path, title: str) -> Path:
 
 
 def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
-    """results.json: every model's headline numbers (mean, sd and per seed, at the working and the
-    original resolution), settings, data source, device, versions, comparisons and figures."""
+    """results.json: the reproduction scorecard (helpers.scorecard), every model's headline numbers (mean,
+    sd and per seed, at the working and the original resolution), settings, data source, device,
+    versions, comparisons and figures."""
     from ..compare import generalization_table, paired_by_seed, paired_table
+    from ..scorecard import rows as scorecard_rows
     from ..training import load_result
 
     results = {name: load_result(cfg.run_path, name) for name in MODELS}
@@ -204,7 +206,7 @@ def collect_results(cfg: RunConfig, timings: dict, decision: str) -> dict:
     first = results[MODELS[1]]["runs"][0]
     return {"data_source": first["metrics"]["data_source"], "data_decision": decision,
             "scored_split": first["metrics"].get("scored_split", "test"),
-            "settings": notebook_parameters(cfg), "models": models,
+            "settings": notebook_parameters(cfg), "scorecard": scorecard_rows(cfg.run_path), "models": models,
             "paired_original_jaccard": paired_table(results).reset_index().to_dict(orient="records"),
             "paired_original_jaccard_by_seed": paired_by_seed(results).reset_index().to_dict(orient="records"),
             "external_sets": external,
