@@ -20,7 +20,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights, mobilenet_v2
 
 from .errors import WeightsError
 
@@ -32,7 +31,22 @@ STAGE_CHANNELS = (16, 24, 32, 96, 1280)
 # These give it 2.8 M parameters beside the encoder's 2.2 M. The earlier 256, 128, 64, 32 gave 5.9 M
 # and made a training step at 128x128 about 1.5x as costly (see README, "Speed").
 REPORT_CHANNELS = (128, 64, 32, 16)
-IMAGENET_WEIGHTS = MobileNet_V2_Weights.IMAGENET1K_V1
+IMAGENET_URL = "https://download.pytorch.org/models/mobilenet_v2-b0353104.pth"  # IMAGENET1K_V1's (a test checks)
+
+
+def mobilenet_v2(**kwargs) -> nn.Module:
+    """torchvision's ``mobilenet_v2``, imported when a model is first built: importing torchvision takes
+    seconds (it imports torch._dynamo), which a process that only reads saved results never needs."""
+    from torchvision.models import mobilenet_v2 as build
+
+    return build(**kwargs)
+
+
+def imagenet_weights():
+    """torchvision's ``MobileNet_V2_Weights.IMAGENET1K_V1`` (imported when needed)."""
+    from torchvision.models import MobileNet_V2_Weights
+
+    return MobileNet_V2_Weights.IMAGENET1K_V1
 
 
 class Encoder(nn.Module):
@@ -150,16 +164,16 @@ class SegmentationModel(nn.Module):
 
 def imagenet_cache_file() -> Path:
     """Where torchvision caches the ImageNet MobileNetV2 checkpoint (under TORCH_HOME)."""
-    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_WEIGHTS.url).name
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(IMAGENET_URL).name
 
 
 def _load_imagenet(progress: bool) -> nn.Sequential:
     try:
-        return mobilenet_v2(weights=IMAGENET_WEIGHTS, progress=progress).features
+        return mobilenet_v2(weights=imagenet_weights(), progress=progress).features
     except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         cache = imagenet_cache_file()
         raise WeightsError(
-            f"ImageNet weights for MobileNetV2 ({IMAGENET_WEIGHTS.url}) could not be loaded: "
+            f"ImageNet weights for MobileNetV2 ({IMAGENET_URL}) could not be loaded: "
             f"{type(exc).__name__}: {exc}. Connect to the internet once (torchvision caches them in "
             f"{cache}), or copy that file there from a machine that has it, or pass "
             f"encoder_weights='/path/to/{cache.name}', or pass encoder_weights=None for random "

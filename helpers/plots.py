@@ -75,7 +75,7 @@ def intensity_histograms(facts: dict, note: str) -> Figure:
         ax_img.axvline(p, color="tab:red", linestyle="--", linewidth=1.2, label="peaks found" if i == 0 else None)
     for i, p in enumerate((0.3, 0.6)):
         ax_img.axvline(p, color="k", linestyle=":", linewidth=1.2, label="the report's peaks" if i == 0 else None)
-    ax_img.set(title=f"Image intensities ({facts['train_images']} training images, channels pooled)",
+    ax_img.set(title=f"Image intensities ({facts['histogram']['images']} training images, channels pooled)",
                xlabel="intensity (0-1)", ylabel="share of pixels", xlim=(0, 1))
     ax_img.legend(fontsize=8)
     values = facts["mask_values"]

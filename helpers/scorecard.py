@@ -142,7 +142,8 @@ def data_facts(d, image_size: int) -> dict:
     lesion = float(sum(m.float().sum() for m in masks) / sum(m.numel() for m in masks))
     return {"source": d.source, "label": d.label, "train_images": train_folder,
             "test_images": None if d.test is None else len(d.test), "masks_per_image": 1,
-            "histogram": {"counts": [int(c) for c in counts.tolist()], "edges": [round(float(e), 4) for e in edges]},
+            "histogram": {"counts": [int(c) for c in counts.tolist()], "edges": [round(float(e), 4) for e in edges],
+                          "images": len(d.train)},
             "peaks": histogram_peaks(counts.numpy(), edges), "mask_values": values, "lesion_pixels": round(lesion, 4),
             "image_size": int(image_size), "train_tensor_size": list(d.train.images.shape[-2:]),
             "mask_tensor_size": list(d.train.masks.shape[-2:])}

@@ -40,10 +40,10 @@ def new_model(cfg: RunConfig, freeze_encoder: bool, decoder: str = "report") -> 
 
 
 def environment() -> dict:
-    import torchvision
+    from importlib.metadata import version
 
     return {"python": platform.python_version(), "torch": torch.__version__,
-            "torchvision": torchvision.__version__, "platform": platform.platform(),
+            "torchvision": version("torchvision"), "platform": platform.platform(),
             "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
 
 

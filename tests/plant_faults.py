@@ -30,7 +30,7 @@ FAULTS = {  # name -> (file, text, replacement, what it does)
     "weights": ("helpers/model.py", "        net.features.load_state_dict(",
                 "        (lambda *a, **k: None)(",
                 "the encoder's weights not loaded from a weights file"),
-    "imagenet": ("helpers/model.py", "return mobilenet_v2(weights=IMAGENET_WEIGHTS, progress=progress).features",
+    "imagenet": ("helpers/model.py", "return mobilenet_v2(weights=imagenet_weights(), progress=progress).features",
                  "return mobilenet_v2(weights=None, progress=progress).features",
                  "the ImageNet weights not loaded"),
     "flipped": ("helpers/metrics.py", "    return logits >= 0", "    return logits < 0",

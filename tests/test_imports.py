@@ -101,3 +101,21 @@ def test_the_tools_sit_apart_from_what_the_notebooks_import():
     for nb in sorted((PACKAGE.parent / "notebooks").glob("*.ipynb")):
         code = "\n".join("".join(c["source"]) for c in json.loads(nb.read_text())["cells"] if c["cell_type"] == "code")
         assert "helpers.tools" not in code and "helpers import" in code, nb.name
+
+
+def test_reading_results_does_not_import_torchvision():
+    """torchvision's import pulls in torch._dynamo (seconds per process); the notebooks that only read
+    data or saved results (01, 05), and the headless run's own process, never build a model."""
+    import subprocess
+    import sys
+
+    code = ("import sys; import helpers.data, helpers.plots, helpers.compare, helpers.scorecard, helpers.training, "
+            "helpers.evaluate, helpers.tools.reproduce; print('torchvision' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_the_imagenet_url_is_torchvisions():
+    from helpers import model
+
+    assert model.imagenet_weights().url == model.IMAGENET_URL
