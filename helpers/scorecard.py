@@ -252,8 +252,8 @@ def _split(res: dict) -> str:
 
 def _count(ev, report):
     f = ev.data
-    text = f"{f['train_images']} training" + (f", {f['test_images']} test" if f["test_images"] is not None
-                                               else ", no test split") + " images, each with its mask"
+    text = (f"{f['train_images']} training and {f['test_images']} test images" if f["test_images"] is not None
+            else f"{f['train_images']} training images, no test split") + "; each image with its mask"
     value = {"train": f["train_images"], "test": f["test_images"]}
     if f["source"] == "synthetic":
         return text, value, UNCHECKABLE, "the synthetic demo set, not ISIC 2016"
@@ -311,7 +311,8 @@ def _losses(ev, report, name):
         return text, value, UNCHECKABLE, unlike
     ok = {k: min(v) - LOSS_TOLERANCE * report[k] <= report[k] <= max(v) + LOSS_TOLERANCE * report[k]
           for k, v in (("train", train), ("test", test))}
-    why = "; ".join(f"{k} {'within' if good else 'outside'} the range" for k, good in ok.items())
+    why = "; ".join(f"the report's {k} {report[k]:.4f} {'within' if good else 'outside'} this run's range"
+                    for k, good in ok.items())
     return text, value, HOLDS if all(ok.values()) else DIFFERS, why
 
 
