@@ -267,7 +267,8 @@ def seed_spread(results: dict[str, dict], metric: str = "jaccard") -> pd.DataFra
 PAIRS = (("model1_frozen", "model2_finetuned"), ("model2_finetuned", "model3_unet"))
 
 
-def _seed_jaccards(result: dict) -> dict[int, dict[str, float]]:
+def seed_jaccards(result: dict) -> dict[int, dict[str, float]]:
+    """{seed: {image id: Jaccard at the original size}} of one model's result."""
     return {run["seed"]: {r["id"]: r["jaccard"] for r in run["original"]} for run in result["runs"]}
 
 
@@ -279,7 +280,7 @@ def paired_by_seed(results: dict[str, dict], pairs=PAIRS) -> pd.DataFrame:
     for a, b in pairs:
         if a not in results or b not in results:
             continue
-        ja, jb = _seed_jaccards(results[a]), _seed_jaccards(results[b])
+        ja, jb = seed_jaccards(results[a]), seed_jaccards(results[b])
         per_seed = [{"seed": s, **paired_bootstrap(*paired_ious(ja[s], jb[s]))} for s in ja if s in jb]
         above = all(r["ci_low"] > 0 for r in per_seed)
         below = all(r["ci_high"] < 0 for r in per_seed)

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .compare import MODELS, Whole, iou_bounds_from_dice, paired_bootstrap, paired_ious
+from .compare import MODELS, Whole, iou_bounds_from_dice, paired_bootstrap, paired_ious, seed_jaccards
 from .io import write_json
 from .training import load_result
 
@@ -433,9 +433,7 @@ def _fall_every(ev, report, name, what):
 
 
 def _beats(ev, report):
-    a, b = ev.models[M1], ev.models[M2]
-    ja = {r["seed"]: {x["id"]: x["jaccard"] for x in r["original"]} for r in a["runs"]}
-    jb = {r["seed"]: {x["id"]: x["jaccard"] for x in r["original"]} for r in b["runs"]}
+    ja, jb = seed_jaccards(ev.models[M1]), seed_jaccards(ev.models[M2])
     per_seed = [{"seed": s, **paired_bootstrap(*paired_ious(ja[s], jb[s]))} for s in ja if s in jb]
     text = "; ".join(f"seed {r['seed']}: {r['mean_difference']:+.3f} ({r['ci_low']:+.3f} to {r['ci_high']:+.3f}), "
                      f"better on {r['b_better']} of {r['n_images']} images" for r in per_seed)

@@ -27,7 +27,6 @@ from .. import paths
 from ..io import write_text
 
 RESULTS = paths.ROOT / "results"
-PAGES = ("README.md", "docs")
 BLOCK = re.compile(r"(<!-- published: (\S+) (\S+) -->\n)(.*?)(<!-- /published -->)", re.S)
 LABELS = {"model1_frozen": "Model 1, frozen encoder", "model2_finetuned": "Model 2, fine-tuned",
           "model3_unet": "Model 3, U-Net decoder"}
