@@ -52,3 +52,35 @@ def test_a_block_naming_a_missing_run_or_table_is_one_error_line(tmp_path):
     _fake_results(tmp_path, 0.8)
     with pytest.raises(SystemExit, match="table 'nonsense'"):
         published.render("<!-- published: r nonsense -->\n<!-- /published -->", tmp_path)
+
+
+def _fake_recipe_run(root: Path, name: str, preset: str, epochs: int, per_seed: list, tta: str | None) -> None:
+    (root / name).mkdir(parents=True)
+    j = {"mean": sum(per_seed) / len(per_seed), "std": 0.001, "per_seed": per_seed}
+    recipe = {"preset": preset, "epochs": epochs, "lr": 0.001, "image_size": 128, "augment": True, "loss": "bce_dice",
+              "schedule": "cosine", "encoder_bn": "train", "deep_supervision": 0.0}
+    m3 = {"seeds": [0, 1], "recipe": recipe, "original": {"jaccard": j}}
+    if tta:
+        m3["original_tta"] = {"jaccard": {**j, "mean": j["mean"] + 0.01}}
+        m3["ensemble"] = {"original": {"jaccard": 0.5}, "original_tta": {"jaccard": 0.6}}
+    (root / name / "results.json").write_text(json.dumps({"models": {"model3_unet": m3}, "settings": {"TTA": tta}}))
+
+
+def test_the_recipes_table_puts_each_run_s_model_3_on_a_row(tmp_path):
+    _fake_recipe_run(tmp_path, "a", "default", 25, [0.81, 0.83], None)
+    _fake_recipe_run(tmp_path, "b", "strong", 50, [0.85, 0.87], "dihedral")
+    made = published.render("<!-- published: a,b recipes -->\n<!-- /published -->", tmp_path).splitlines()
+    assert made[3].startswith("| `default` | 25 epochs at lr 0.001, 128 px, augmentation, bce_dice, cosine")
+    assert made[3].endswith("| 2 trainings of 25 epochs | 0.8100 / 0.8300 (seeds 0, 1) | 0.8200 ± 0.0010 | - | - | - |")
+    assert made[4].endswith("| 2 trainings of 50 epochs; TTA: 8 passes an image | 0.8500 / 0.8700 (seeds 0, 1) "
+                            "| 0.8600 ± 0.0010 | dihedral: 0.8700 ± 0.0010 | 0.5000 | 0.6000 (dihedral) |")
+    with pytest.raises(SystemExit, match="takes one run"):
+        published.render("<!-- published: a,b models -->\n<!-- /published -->", tmp_path)
+
+
+def test_the_timings_table_is_the_run_s_notebook_seconds(tmp_path):
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps(
+        {"notebook_seconds": {"01_data.ipynb": 10.4, "02_model1.ipynb": 3589.6}}))
+    made = published.render("<!-- published: r timings -->\n<!-- /published -->", tmp_path).splitlines()
+    assert made[1:4] == ["| 01 | 02 | all |", "| --- | --- | --- |", "| 10 s | 3590 s | 3600 s (1.0 h) |"]

@@ -11,8 +11,8 @@ show those numbers only inside generated blocks::
     ...
     <!-- /published -->
 
-TABLE is one of :data:`TABLES`. A hand-edited or stale number in a block fails ``--check`` (and the
-test that runs it).
+TABLE is one of :data:`TABLES`; the tables of :data:`ACROSS` compare runs, named ``NAME,NAME,...``.
+A hand-edited or stale number in a block fails ``--check`` (and the test that runs it).
 """
 
 from __future__ import annotations
@@ -119,8 +119,45 @@ def conditions(res: dict) -> str:
             + (f"; torch {env['torch']}" if env.get("torch") else "") + ".")
 
 
+def _recipe_text(r: dict) -> str:
+    return (f"{r['epochs']} epochs at lr {r['lr']:g}, {r['image_size']} px, "
+            f"{'augmentation' if r['augment'] else 'no augmentation'}, {r['loss']}, {r['schedule']} schedule, "
+            f"encoder BatchNorm {r['encoder_bn']}, deep supervision {r['deep_supervision']:g}")
+
+
+def recipes(runs: list[dict]) -> str:
+    """Model 3 in each run: its named recipe, its cost in trainings and TTA passes, and its validation
+    Jaccard at the original size seed by seed, with the run's TTA and as one ensemble."""
+    from ..evaluate import TTA_VIEWS  # imported here: the other tables need no torch
+
+    lines = ["| recipe | settings | cost | Jaccard, seed by seed | mean ± sd | with TTA: mean ± sd "
+             "| the seeds as one ensemble | ensemble with TTA |", "| --- " * 8 + "|"]
+    for res in runs:
+        m, mode = res["models"]["model3_unet"], res["settings"].get("TTA")
+        r, j, ens = m["recipe"], m["original"]["jaccard"], m.get("ensemble") or {}
+        tta = (m.get("original_tta") or {}).get("jaccard")
+        cells = [f"`{r['preset']}`", _recipe_text(r),
+                 f"{len(m['seeds'])} trainings of {r['epochs']} epochs"
+                 + (f"; TTA: {len(TTA_VIEWS[mode])} passes an image" if mode else ""),
+                 " / ".join(f"{x:.4f}" for x in j["per_seed"]) + f" (seeds {', '.join(map(str, m['seeds']))})",
+                 _ms(j, 4), f"{mode}: {_ms(tta, 4)}" if tta else "-",
+                 f"{ens['original']['jaccard']:.4f}" if ens else "-",
+                 f"{ens['original_tta']['jaccard']:.4f} ({mode})" if ens.get("original_tta") else "-"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def timings(res: dict) -> str:
+    """The run's wall time per notebook, as results.json recorded it."""
+    t = res["notebook_seconds"]
+    return ("| " + " | ".join(n.split("_")[0] for n in t) + " | all |\n" + "| --- " * (len(t) + 1) + "|\n| "
+            + " | ".join(f"{v:.0f} s" for v in t.values()) + f" | {sum(t.values()):.0f} s "
+            f"({sum(t.values()) / 3600:.1f} h) |")
+
+
 TABLES = {"scorecard": scorecard, "models": models, "seeds": seeds, "paired": paired, "paired_mean": paired_mean,
-          "conditions": conditions}
+          "conditions": conditions, "timings": timings, "recipes": recipes}
+ACROSS = ("recipes",)  # tables that take a list of runs
 
 
 def render(text: str, root: Path = RESULTS) -> str:
@@ -129,7 +166,10 @@ def render(text: str, root: Path = RESULTS) -> str:
         name, table = m.group(2), m.group(3)
         if table not in TABLES:
             raise SystemExit(f"error: a block asks for the table {table!r}; there are {', '.join(TABLES)}")
-        return f"{m.group(1)}{TABLES[table](load(name, root))}\n{m.group(5)}"
+        made = [load(n, root) for n in name.split(",")]
+        if len(made) > 1 and table not in ACROSS:
+            raise SystemExit(f"error: the table {table!r} takes one run, and the block names {name!r}")
+        return f"{m.group(1)}{TABLES[table](made if table in ACROSS else made[0])}\n{m.group(5)}"
     return BLOCK.sub(block, text)
 
 
