@@ -158,9 +158,26 @@ def save_run(out_dir: str | Path, model: SegmentationModel, settings: dict, hist
     (out_dir / STATE).unlink(missing_ok=True)
 
 
+_LOADED: dict[tuple, dict] = {}  # the last few checkpoint files read, by path, inode, size, mtime and device
+LOADED_KEPT = 4
+
+
+def _read_checkpoint(path: Path, device: str) -> dict:
+    """torch.load of a checkpoint file, reusing the last read of the same unchanged file: scoring one
+    training with and without TTA, or its seeds as an ensemble, reads each file once. torch's safe
+    (weights-only) unpickler takes about half a second for a file with moving averages."""
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_ino, stat.st_size, stat.st_mtime_ns, str(device))
+    if key not in _LOADED:
+        while len(_LOADED) >= LOADED_KEPT:
+            _LOADED.pop(next(iter(_LOADED)))
+        _LOADED[key] = torch.load(path, map_location=device, weights_only=True)
+    return dict(_LOADED[key])  # a new dict: the caller's changes to it stay its own
+
+
 def load_checkpoint(path: str | Path, device: str = "cpu") -> tuple[SegmentationModel, dict]:
     """Rebuild the model saved by :func:`save_run` (no weight download needed), in eval mode, and the checkpoint dict."""
-    ckpt = torch.load(path, map_location=device, weights_only=True)
+    ckpt = _read_checkpoint(Path(path), device)
     cfg = ckpt["config"]
     widths = cfg.get("decoder_widths") or saved_decoder_widths(ckpt["model"])  # older files lack the key
     model = build_model(cfg["freeze_encoder"], encoder_weights=None, decoder=cfg["decoder"], decoder_widths=widths)

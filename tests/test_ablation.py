@@ -42,6 +42,7 @@ def test_the_presets_measured_for_the_named_recipes_train_what_the_main_job_trai
 
 @pytest.mark.slow
 def test_ablation_scores_each_variant_and_seed_on_the_validation_ids(train_only, tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(ablation, "EMA_DECAYS", (0.99, 0.995))  # two of the three: each is 3 more scorings a training
     out = tmp_path / "abl"
     args = ["--data-dir", str(train_only), "--encoder-weights", "none", "--seeds", "0", "1", "--out", str(out),
             "--cache-dir", str(tmp_path / "cache"), "--quiet", "--variants",
@@ -104,6 +105,7 @@ def test_a_weights_file_named_relatively_reuses_the_trainings_made_with_its_abso
     import torch
     from torchvision.models import mobilenet_v2
 
+    monkeypatch.setattr(ablation, "EMA_DECAYS", (0.99,))  # one moving average: fewer scorings, the same reuse
     weights = tmp_path / "w" / "encoder.pth"
     weights.parent.mkdir()
     torch.save(mobilenet_v2(weights=None).state_dict(), weights)

@@ -70,6 +70,26 @@ def test_checkpoint_roundtrip_gives_the_same_predictions(splits, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary files left
 
 
+def test_a_checkpoint_read_again_unchanged_is_not_unpickled_again_and_a_rewritten_one_is(tmp_path, monkeypatch):
+    from helpers import checkpoint
+
+    path, reads, real_load = tmp_path / "checkpoint.pt", [], torch.load
+    monkeypatch.setattr(checkpoint.torch, "load", lambda *a, **k: reads.append(a[0]) or real_load(*a, **k))
+    torch.manual_seed(0)
+    first = build_model(False, encoder_weights=None)
+    train.save_run(tmp_path, first, {"seed": 0}, [])
+    a, ckpt_a = train.load_checkpoint(path)
+    ckpt_a["settings"] = "changed by its caller"
+    b, ckpt_b = train.load_checkpoint(path)
+    assert len(reads) == 1 and ckpt_b["settings"] == {"seed": 0}
+    assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+    torch.manual_seed(1)
+    train.save_run(tmp_path, build_model(False, encoder_weights=None), {"seed": 1}, [])  # the same path, rewritten
+    c, ckpt_c = train.load_checkpoint(path)
+    assert len(reads) == 2 and ckpt_c["settings"] == {"seed": 1}
+    assert not torch.equal(c.state_dict()["head.weight"], a.state_dict()["head.weight"])
+
+
 def test_evaluate_counts_cover_every_pixel(splits):
     model = build_model(False, encoder_weights=None)
     loader = train.make_loader(splits[1], 3, False)
