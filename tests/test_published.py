@@ -19,6 +19,15 @@ def test_the_results_folders_hold_numbers_and_the_command_only():
     runs = sorted(p for p in (ROOT / "results").iterdir() if p.is_dir())
     assert runs, "no committed results"
     for run in runs:
+        tables = sorted(run.glob("ablation-*.json"))
+        if tables:  # an ablation: its own two files, the .md being what the .json makes
+            assert sorted(p.name for p in run.iterdir()) == sorted(
+                ["command.txt", tables[0].name, tables[0].with_suffix(".md").name]), run
+            assert (run / "command.txt").read_text().startswith("python -m helpers.tools.ablation "), run
+            made = published.ablation(json.loads(tables[0].read_text()))
+            assert tables[0].with_suffix(".md").read_text().strip() == made, run
+            assert "per_image" not in tables[0].read_text(), run
+            continue
         assert sorted(p.name for p in run.iterdir()) == ["command.txt", "results.json"], run
         assert (run / "command.txt").read_text().startswith("make reproduce ")
         text = (run / "results.json").read_text()
@@ -84,3 +93,15 @@ def test_the_timings_table_is_the_run_s_notebook_seconds(tmp_path):
         {"notebook_seconds": {"01_data.ipynb": 10.4, "02_model1.ipynb": 3589.6}}))
     made = published.render("<!-- published: r timings -->\n<!-- /published -->", tmp_path).splitlines()
     assert made[1:4] == ["| 01 | 02 | all |", "| --- | --- | --- |", "| 10 s | 3590 s | 3600 s (1.0 h) |"]
+
+
+def test_an_ablation_folder_publishes_the_ablation_s_own_table(tmp_path):
+    from helpers.tools.ablation import table
+    runs = [{"variant": "full", "seed": s, "recipe": {"decoder": "unet", "epochs": 25, "schedule": "cosine"}, "val_jaccard": v,
+             "val_dice": v + 0.05, "train_seconds": 600.0} for s, v in ((0, 0.80), (1, 0.84))]
+    (tmp_path / "abl").mkdir()
+    (tmp_path / "abl" / "ablation-full-seeds0+1.json").write_text(json.dumps(
+        {"header": "Model 3 ablation on x", "rows": table(runs), "runs": runs, "ensembles": []}))
+    made = published.render("<!-- published: abl ablation -->\n<!-- /published -->", tmp_path).splitlines()
+    assert made[1] == "Model 3 ablation on x"
+    assert made[5].startswith("| full | decoder unet, epochs 25, schedule cosine | 2 | 0.820 ± 0.028 | - | - | 0.870 ± 0.028 | - | 10.0 ± 0.0 |")

@@ -4,7 +4,8 @@
     python -m helpers.tools.published --check   # exit 1, naming each block, when one is stale
 
 ``results/<NAME>/`` holds a run's ``results.json`` (numbers only: no image, mask, checkpoint or
-per-image row) and ``command.txt``, the command that made it. README.md and the pages of docs/
+per-image row), or an ablation's own ``ablation-*.json`` and ``.md``, and ``command.txt``, the command
+that made it. README.md and the pages of docs/
 show those numbers only inside generated blocks::
 
     <!-- published: NAME TABLE -->
@@ -36,7 +37,11 @@ REPORT_DICE = {"model1_frozen": "0.752", "model2_finetuned": "0.862"}
 
 
 def load(name: str, root: Path = RESULTS) -> dict:
+    """The run's results.json, or the ablation's ablation-*.json when the folder holds one."""
     path = root / name / "results.json"
+    tables = sorted((root / name).glob("ablation-*.json"))
+    if not path.exists() and len(tables) == 1:
+        path = tables[0]
     try:
         return json.loads(path.read_text())
     except OSError:
@@ -155,8 +160,16 @@ def timings(res: dict) -> str:
             f"({sum(t.values()) / 3600:.1f} h) |")
 
 
+def ablation(res: dict) -> str:
+    """The ablation's own table, as it wrote it into its .md beside the .json."""
+    from .ablation import epoch_rows, markdown  # imported here: the other tables need no torch
+
+    return markdown(res["rows"], res["header"], epoch_rows(res["runs"])).strip()
+
+
 TABLES = {"scorecard": scorecard, "models": models, "seeds": seeds, "paired": paired, "paired_mean": paired_mean,
-          "conditions": conditions, "timings": timings, "recipes": recipes}
+          "conditions": conditions, "timings": timings, "recipes": recipes,
+          "ablation": ablation}
 ACROSS = ("recipes",)  # tables that take a list of runs
 
 
