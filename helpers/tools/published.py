@@ -155,9 +155,9 @@ def recipes(runs: list[dict]) -> str:
 def timings(res: dict) -> str:
     """The run's wall time per notebook, as results.json recorded it."""
     t = res["notebook_seconds"]
+    total = sum(t.values())
     return ("| " + " | ".join(n.split("_")[0] for n in t) + " | all |\n" + "| --- " * (len(t) + 1) + "|\n| "
-            + " | ".join(f"{v:.0f} s" for v in t.values()) + f" | {sum(t.values()):.0f} s "
-            f"({sum(t.values()) / 3600:.1f} h) |")
+            + " | ".join(f"{v:.0f} s" for v in t.values()) + f" | {total:.0f} s ({total / 3600:.1f} h) |")
 
 
 def ablation(res: dict) -> str:
