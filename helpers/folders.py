@@ -26,8 +26,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import DataError
-from .images import DEFAULT_MAX_PIXELS, read_image, read_mask
-from .metrics import MASK_THRESHOLD
+from .images import DEFAULT_MAX_PIXELS, MASK_THRESHOLD, read_image, read_mask
 from .progress import progress_bar
 
 SPLITS = {  # split -> (image folder, mask folder)

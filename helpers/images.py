@@ -27,12 +27,12 @@ import numpy as np
 from PIL import ExifTags, Image
 
 from .errors import DataError
-from .metrics import MASK_THRESHOLD
 
 # The largest dermoscopy photographs in the ISIC archive are about 30 million pixels (6700 x 4400;
 # ISIC 2016's are at most 4288 x 2848, 12 million). 100 million leaves three times that and keeps one
 # decoded RGB image near 300 MB, so reading on every core stays within a few GB.
 DEFAULT_MAX_PIXELS = 100_000_000
+MASK_THRESHOLD = 128  # 8-bit masks: value > 128 is lesion, as the ISIC scorer reads them
 GREY16 = ("I;16", "I;16L", "I;16B", "I;16N", "I")  # 16-bit grey (and 32-bit integer holding 16-bit values)
 
 # Two things Pillow keeps process-wide: its own pixel guard (Image.MAX_IMAGE_PIXELS, which warns above

@@ -34,6 +34,17 @@ from helpers.folders import SPLITS
 SLOW_FIXTURES = {"headless_run"}  # a test that reads the tiny main job's run is part of the slow suite
 
 
+def pytest_configure(config):
+    """One garbage collection, not pytest's five, before it reports the exceptions raised in finalizers at
+    the end of the session: each pass walks a worker's whole heap (torch, notebooks' outputs, hypothesis),
+    about 0.7 s, and the first pass is the one that finds them."""
+    try:
+        from _pytest.unraisableexception import gc_collect_iterations_key
+    except ImportError:  # another pytest: its own number of passes
+        return
+    config.stash[gc_collect_iterations_key] = 1
+
+
 @pytest.hookimpl(wrapper=True)  # a wrapper: before pytest-xdist reads the groups and `-m` deselects
 def pytest_collection_modifyitems(config, items):
     """Mark slow every test that uses the tiny main job (`make test-fast` leaves them out), and keep them

@@ -115,6 +115,29 @@ def test_reading_results_does_not_import_torchvision():
     assert out.strip() == "False"
 
 
+def test_the_data_commands_do_not_import_torch():
+    """Writing the synthetic set, downloading and checking a data folder read images and masks only: torch's
+    import (seconds per process) is left to the commands that train or score."""
+    import subprocess
+    import sys
+
+    code = "import sys; import helpers.synthetic, helpers.download, helpers.tools.data; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
+
+
+def test_reading_a_notebook_compiles_no_grammar():
+    """jsonschema from 4.24 checks IRIs with rfc3987-syntax, which compiles three Earley grammars when it
+    is imported (seconds in every process that imports nbformat: papermill, nbval, JupyterLab):
+    pyproject.toml keeps jsonschema below 4.24."""
+    import subprocess
+    import sys
+
+    code = "import sys; import nbformat, papermill; print(sorted({'lark', 'rfc3987_syntax'} & set(sys.modules)))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
 def test_the_imagenet_url_is_torchvisions():
     from helpers import model
 
