@@ -115,13 +115,15 @@ def test_reading_results_does_not_import_torchvision():
     assert out.strip() == "False"
 
 
-def test_the_data_commands_do_not_import_torch():
-    """Writing the synthetic set, downloading and checking a data folder read images and masks only: torch's
-    import (seconds per process) is left to the commands that train or score."""
+def test_the_data_commands_and_the_lab_do_not_import_torch():
+    """Writing the synthetic set, downloading and checking a data folder read images and masks only, and the
+    lab copies notebooks before it starts JupyterLab: torch's import (seconds per process) is left to the
+    commands that train or score."""
     import subprocess
     import sys
 
-    code = "import sys; import helpers.synthetic, helpers.download, helpers.tools.data; print('torch' in sys.modules)"
+    code = ("import sys; import helpers.synthetic, helpers.download, helpers.tools.data, helpers.tools.lab; "
+            "print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "False"
 

@@ -20,7 +20,7 @@ import nbformat
 
 from .. import paths
 from ..io import write_text
-from .reproduce import KERNEL_CONFIG, NOTEBOOKS
+from .notebooks import KERNEL_CONFIG, NOTEBOOKS
 
 SOURCE_KEY = "copied_from"  # notebook metadata: the source notebook and its SHA-256 when copied
 
