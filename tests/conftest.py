@@ -189,8 +189,30 @@ def mount_small_disk(folder: Path, mb: int) -> bool:
                           capture_output=True).returncode == 0
 
 
+# Imported at start-up by every Python process of the interrupted run (as ``sitecustomize``, through
+# PYTHONPATH): once ``marker`` has been renamed into place, the process that wrote it waits 5 s at the next
+# file it opens (before the training ends: its next last.pt, or its checkpoint.pt), so that the watcher
+# sees the marker however busy the machine is. A tiny training's epoch lasts a fraction of a second, and
+# last.pt only lives between the end of the first epoch and the end of the training.
+HOLD = """import os, sys, time
+_marker, _seen = os.environ["HOLD_AFTER"], []
+def _hold(event, args):
+    if event == "os.rename" and os.fspath(args[1]) == _marker:
+        _seen.append(True)
+    elif event == "open" and _seen and len(_seen) == 1:
+        _seen.append(True)
+        time.sleep(5)
+sys.addaudithook(_hold)
+"""
+
+
 def interrupt_when(command: list[str], marker: Path, env: dict) -> subprocess.CompletedProcess:
-    """Run ``command``; once ``marker`` exists, send SIGINT to its process group, as Ctrl-C in a terminal does."""
+    """Run ``command``; once ``marker`` exists, send SIGINT to its process group, as Ctrl-C in a terminal does.
+    The process that writes ``marker`` holds still for 5 s after it (:data:`HOLD`)."""
+    hook = marker.parents[4] / "hold-after-marker"  # beside the runs folder, outside it
+    hook.mkdir(exist_ok=True)
+    (hook / "sitecustomize.py").write_text(HOLD)
+    env = {**env, "HOLD_AFTER": str(marker), "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))}
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             start_new_session=True)
     try:
