@@ -105,3 +105,21 @@ def test_an_ablation_folder_publishes_the_ablation_s_own_table(tmp_path):
     made = published.render("<!-- published: abl ablation -->\n<!-- /published -->", tmp_path).splitlines()
     assert made[1] == "Model 3 ablation on x"
     assert made[5].startswith("| full | decoder unet, epochs 25, schedule cosine | 2 | 0.820 ± 0.028 | - | - | 0.870 ± 0.028 | - | 10.0 ± 0.0 |")
+
+
+def test_what_docs_say_of_the_ingredients_ablation_holds_in_its_committed_file():
+    """docs/models.md reads the ingredients ablation in words; each point, checked on the committed numbers
+    (mean validation Jaccard over the seeds; two seeds cannot tell apart less than SPREAD)."""
+    SPREAD = 0.005
+    rows = {r["variant"]: r for r in published.load("ablation-ingredients")["rows"]}
+    j = {name: r["val_jaccard"]["mean"] for name, r in rows.items()}
+    averages = lambda name: [j[f"{name} +ema{d}"] for d in ("0.99", "0.995", "0.998")]
+    full = j["full"]
+    assert full - j["report"] > 10 * SPREAD  # well above the report's recipe
+    assert abs(full - j["report +ema0.998"]) < 0.01  # its moving average comes within 0.01 of full
+    assert full - j["full-augment"] > SPREAD and max(averages("full-augment")) < full
+    assert abs(full - j["full-dice"]) < SPREAD
+    assert full - j["full-cosine"] > SPREAD and all(abs(a - full) < SPREAD for a in averages("full-cosine"))
+    extras = [rows["full"]["val_jaccard_tta"]["mean"], rows["full"]["val_jaccard_dihedral"]["mean"], j["full ensemble"]]
+    assert all(0 <= e - full < SPREAD for e in extras)
+    assert sorted(rows["full"]["seeds"]) == [0, 1]
