@@ -190,31 +190,31 @@ def mount_small_disk(folder: Path, mb: int) -> bool:
 
 
 # Imported at start-up by every Python process of the interrupted run (as ``sitecustomize``, through
-# PYTHONPATH): once ``marker`` has been renamed into place, the process that wrote it waits 5 s at the next
-# file it opens (before the training ends: its next last.pt, or its checkpoint.pt), so that the watcher
-# sees the marker however busy the machine is. A tiny training's epoch lasts a fraction of a second, and
-# last.pt only lives between the end of the first epoch and the end of the training.
+# PYTHONPATH): when a training is about to put its second last.pt in place of the first (``marker``, after
+# its first epoch), the process waits 5 s, so that the watcher sees the marker however busy the machine
+# is: a tiny epoch lasts a fraction of a second. (An audit hook: os.replace is audited before it acts.)
 HOLD = """import os, sys, time
 _marker, _seen = os.environ["HOLD_AFTER"], []
 def _hold(event, args):
-    if event == "os.rename" and os.fspath(args[1]) == _marker:
+    if event == "os.rename" and os.path.abspath(os.fspath(args[1])) == _marker:
         _seen.append(True)
-    elif event == "open" and _seen and len(_seen) == 1:
-        _seen.append(True)
-        time.sleep(5)
+        if len(_seen) == 2:
+            time.sleep(5)
 sys.addaudithook(_hold)
 """
 
 
 def interrupt_when(command: list[str], marker: Path, env: dict) -> subprocess.CompletedProcess:
     """Run ``command``; once ``marker`` exists, send SIGINT to its process group, as Ctrl-C in a terminal does.
-    The process that writes ``marker`` holds still for 5 s after it (:data:`HOLD`)."""
+    The process that writes ``marker`` holds still for 5 s before it replaces it (:data:`HOLD`)."""
     hook = marker.parents[4] / "hold-after-marker"  # beside the runs folder, outside it
     hook.mkdir(exist_ok=True)
     (hook / "sitecustomize.py").write_text(HOLD)
     env = {**env, "HOLD_AFTER": str(marker), "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), env.get("PYTHONPATH")]))}
+    # Ctrl-C as in a terminal, where SIGINT is never ignored: a test run started in the background (`&` in
+    # a non-interactive shell) passes SIGINT on ignored, and the run would go on to the end.
     proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                            start_new_session=True)
+                            start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         deadline = time.monotonic() + 600
         while proc.poll() is None and not marker.exists() and time.monotonic() < deadline:
