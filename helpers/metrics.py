@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import torch
 
-from .images import MASK_THRESHOLD  # 8-bit masks: value > 128 is lesion, as the ISIC scorer reads them
+from .images import MASK_THRESHOLD  # defined beside the mask reader, which imports no torch
 THRESHOLD_JACCARD = 0.65
 METRICS = ("accuracy", "sensitivity", "specificity", "jaccard", "threshold_jaccard", "dice")
 REDUCTIONS = ("per_image", "macro", "micro")

@@ -103,41 +103,35 @@ def test_the_tools_sit_apart_from_what_the_notebooks_import():
         assert "helpers.tools" not in code and "helpers import" in code, nb.name
 
 
-def test_reading_results_does_not_import_torchvision():
-    """torchvision's import pulls in torch._dynamo (seconds per process); the notebooks that only read
-    data or saved results (01, 05), and the headless run's own process, never build a model."""
+def _loaded_by(modules: str, watched: set[str]) -> set[str]:
+    """Which of ``watched`` a fresh Python process has loaded once it has imported ``modules``."""
     import subprocess
     import sys
 
-    code = ("import sys; import helpers.data, helpers.plots, helpers.compare, helpers.scorecard, helpers.training, "
-            "helpers.evaluate, helpers.tools.reproduce; print('torchvision' in sys.modules)")
+    code = f"import sys; import {modules}; print(','.join(sorted({sorted(watched)!r} & sys.modules.keys())))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    return set(filter(None, out.strip().split(",")))
+
+
+def test_reading_results_does_not_import_torchvision():
+    """torchvision's import pulls in torch._dynamo (seconds per process); the notebooks that only read
+    data or saved results (01, 05), and the headless run's own process, never build a model."""
+    assert not _loaded_by("helpers.data, helpers.plots, helpers.compare, helpers.scorecard, helpers.training, "
+                          "helpers.evaluate, helpers.tools.reproduce", {"torchvision"})
 
 
 def test_the_data_commands_and_the_lab_do_not_import_torch():
     """Writing the synthetic set, downloading and checking a data folder read images and masks only, and the
     lab copies notebooks before it starts JupyterLab: torch's import (seconds per process) is left to the
     commands that train or score."""
-    import subprocess
-    import sys
-
-    code = ("import sys; import helpers.synthetic, helpers.download, helpers.tools.data, helpers.tools.lab; "
-            "print('torch' in sys.modules)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "False"
+    assert not _loaded_by("helpers.synthetic, helpers.download, helpers.tools.data, helpers.tools.lab", {"torch"})
 
 
 def test_reading_a_notebook_compiles_no_grammar():
     """jsonschema from 4.24 checks IRIs with rfc3987-syntax, which compiles three Earley grammars when it
     is imported (seconds in every process that imports nbformat: papermill, nbval, JupyterLab):
     pyproject.toml keeps jsonschema below 4.24."""
-    import subprocess
-    import sys
-
-    code = "import sys; import nbformat, papermill; print(sorted({'lark', 'rfc3987_syntax'} & set(sys.modules)))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert not _loaded_by("nbformat, papermill", {"lark", "rfc3987_syntax"})
 
 
 def test_the_imagenet_url_is_torchvisions():

@@ -168,8 +168,7 @@ def ablation(res: dict) -> str:
 
 
 TABLES = {"scorecard": scorecard, "models": models, "seeds": seeds, "paired": paired, "paired_mean": paired_mean,
-          "conditions": conditions, "timings": timings, "recipes": recipes,
-          "ablation": ablation}
+          "conditions": conditions, "timings": timings, "recipes": recipes, "ablation": ablation}
 ACROSS = ("recipes",)  # tables that take a list of runs
 
 
